@@ -1,0 +1,143 @@
+"""The operator's admin API, on its own listener; every call needs the bearer token."""
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.callbacks import respond
+from gateway.launch import LaunchClient, LaunchRequest, ProviderUnavailable
+from gateway.outcomes import OK
+from gateway.schemas import (
+    AMOUNT_MILLIS_MAX,
+    InvalidRequest,
+    currency,
+    decode_object,
+    identifier,
+    optional_money_millis,
+)
+from gateway.sessions import Sessions, new_token
+from gateway.wallet import REDIS_UNREACHABLE, Wallet, WalletUnavailable
+
+INCIDENTS_LISTED_MAX = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_token_middleware(admin_token: str) -> Any:
+    expected = f"Bearer {admin_token}".encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not admin_token or not hmac.compare_digest(given, expected):
+            return respond("UNAUTHORIZED")
+        try:
+            return await handler(request)
+        except InvalidRequest as exc:
+            return respond("BAD_REQUEST", message=str(exc))
+        except (WalletUnavailable, *REDIS_UNREACHABLE):
+            return respond("WALLET_UNAVAILABLE")
+
+    return check_token
+
+
+def _one_of(payload: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
+    value = payload.get(field)
+    if value not in allowed:
+        raise InvalidRequest(f"{field} must be one of {', '.join(allowed)}")
+    return value
+
+
+class AdminApi:
+    def __init__(self, wallet: Wallet, sessions: Sessions, launch_client: LaunchClient) -> None:
+        self.wallet = wallet
+        self.sessions = sessions
+        self.launch_client = launch_client
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/admin/players", self.create_player),
+            web.get("/admin/players/{user_id}", self.get_player),
+            web.post("/admin/players/{user_id}/adjustments", self.adjust_balance),
+            web.post("/admin/sessions", self.open_session),
+            web.post("/admin/launch", self.launch),
+            web.get("/admin/incidents", self.list_incidents),
+        ]
+
+    async def create_player(self, request: web.Request) -> web.Response:
+        payload = decode_object(await request.read())
+        user_id = identifier(payload, "user_id")
+        username = payload.get("username", user_id)
+        if not isinstance(username, str):
+            raise InvalidRequest("username must be a string")
+        outcome = await self.wallet.create_player(
+            user_id,
+            currency(payload),
+            username,
+            optional_money_millis(payload, "balance") or 0,
+            optional_money_millis(payload, "maxbet"),
+        )
+        if outcome != OK:
+            return respond(outcome)
+        player = await self.wallet.get_player(user_id)
+        assert player is not None, "a player just created must exist"
+        return respond("CREATED", player.as_dict())
+
+    async def get_player(self, request: web.Request) -> web.Response:
+        player = await self.wallet.get_player(request.match_info["user_id"])
+        if player is None:
+            return respond("UNKNOWN_USER")
+        return respond(OK, player.as_dict())
+
+    async def adjust_balance(self, request: web.Request) -> web.Response:
+        payload = decode_object(await request.read())
+        amount = payload.get("amount")
+        if type(amount) is not int or amount == 0 or abs(amount) > AMOUNT_MILLIS_MAX:
+            raise InvalidRequest(
+                f"amount must be a non-zero integer of millis, |amount| <= {AMOUNT_MILLIS_MAX}"
+            )
+        outcome, balance = await self.wallet.adjust_balance(
+            request.match_info["user_id"], amount, identifier(payload, "reference")
+        )
+        return respond(outcome, {"balance": balance})
+
+    async def open_session(self, request: web.Request) -> web.Response:
+        """A session opened directly (development and tests), plus a fresh one-time token."""
+        user_id = identifier(decode_object(await request.read()), "user_id")
+        session_token = new_token()
+        outcome = await self.sessions.open_session(user_id, session_token, "admin")
+        if outcome != OK:
+            return respond(outcome)
+        user_token = await self.sessions.issue_user_token(user_id)
+        return respond("CREATED", {"session_token": session_token, "user_token": user_token})
+
+    async def launch(self, request: web.Request) -> web.Response:
+        payload = decode_object(await request.read())
+        user_id = identifier(payload, "user_id")
+        player = await self.wallet.get_player(user_id)
+        if player is None:
+            return respond("UNKNOWN_USER")
+        user_token = await self.sessions.issue_user_token(user_id)
+        launch_request = LaunchRequest(
+            game=identifier(payload, "game"),
+            user_token=user_token,
+            currency=player.currency,
+            platform=_one_of(payload, "platform", ("mobile", "desktop")),
+            portal_mode=_one_of(payload, "portal_mode", ("real", "demo")),
+            return_url=identifier(payload, "return_url"),
+            language=identifier(payload, "language"),
+        )
+        try:
+            launch = await self.launch_client.launch(launch_request)
+        except ProviderUnavailable as exc:
+            return respond("PROVIDER_UNAVAILABLE", message=str(exc))
+        outcome, _ = await self.sessions.redeem_user_token(user_token, launch.session_token)
+        if outcome == OK:
+            outcome = await self.sessions.open_session(user_id, launch.session_token, "launch")
+        if outcome != OK:
+            return respond(outcome)
+        return respond(OK, {"launch_url": launch.launch_url, "session_token": launch.session_token})
+
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        return respond(OK, {"incidents": await self.wallet.incidents(INCIDENTS_LISTED_MAX)})

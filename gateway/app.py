@@ -1,0 +1,75 @@
+"""App factories: the callback listener and the admin listener share one wallet."""
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.admin import AdminApi, bearer_token_middleware
+from gateway.callbacks import BODY_BYTES_MAX, Callbacks, respond
+from gateway.launch import LaunchClient
+from gateway.sessions import Sessions
+from gateway.settings import Settings
+from gateway.signing import KeyRing
+from gateway.wallet import Wallet
+
+REDIS_CONNECTIONS_MAX = 512
+
+
+def connect_redis(settings: Settings) -> Redis:
+    timeout_seconds = settings.redis_timeout_ms / 1000
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        max_connections=REDIS_CONNECTIONS_MAX,
+    )
+
+
+@dataclass
+class Services:
+    """What both listeners use; one per process."""
+
+    settings: Settings
+    redis: Redis
+    wallet: Wallet
+    sessions: Sessions
+
+    @classmethod
+    def create(cls, settings: Settings, redis: Redis | None = None) -> "Services":
+        redis = redis or connect_redis(settings)
+        wallet = Wallet(redis, settings)
+        return cls(settings, redis, wallet, Sessions(wallet))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return respond("NOT_FOUND")
+
+
+def _with_envelope_fallback(app: web.Application) -> web.Application:
+    # Unknown paths answer in the protocol's envelope, not aiohttp's plain text.
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def create_gateway_app(services: Services) -> web.Application:
+    app = web.Application(client_max_size=BODY_BYTES_MAX)
+    callbacks = Callbacks(
+        services.wallet, services.sessions, KeyRing.parse(services.settings.provider_keys)
+    )
+    app.add_routes(callbacks.routes())
+    return _with_envelope_fallback(app)
+
+
+def create_admin_app(services: Services) -> web.Application:
+    settings = services.settings
+    app = web.Application(middlewares=[bearer_token_middleware(settings.admin_token)])
+    launch_client = LaunchClient(
+        settings.provider_base_url, settings.provider_public_key, settings.operator_id
+    )
+    app.add_routes(AdminApi(services.wallet, services.sessions, launch_client).routes())
+    return _with_envelope_fallback(app)

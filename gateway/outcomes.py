@@ -1,0 +1,64 @@
+"""Errors are values at the boundary: one mapping from wallet outcomes to HTTP status and
+message, and the one envelope every response uses (PROTOCOL.md §3).
+
+The Lua scripts return these outcome names; idempotency records store them, so a replay
+rebuilds the identical body from the identical outcome.
+"""
+
+from typing import Any
+
+import orjson
+
+OK = "OK"
+
+# outcome -> (HTTP status, message)
+OUTCOMES: dict[str, tuple[int, str]] = {
+    OK: (200, "OK"),
+    "CREATED": (201, "Created"),
+    "BAD_REQUEST": (400, "Bad request"),
+    "CURRENCY_MISMATCH": (400, "Currency does not match the player's wallet"),
+    "OVER_MAXBET": (400, "Bet exceeds the player's maximum bet"),
+    "BAD_SIGNATURE": (401, "Invalid signature"),
+    "UNAUTHORIZED": (401, "Missing or wrong admin token"),
+    "SESSION_INVALID": (401, "Session is not valid for this player"),
+    "SESSION_EXPIRED": (401, "Session expired"),
+    "SESSION_CLOSED": (401, "Session closed"),
+    "INSUFFICIENT_FUNDS": (402, "Insufficient player balance"),
+    "UNKNOWN_USER": (404, "Unknown user"),
+    "UNKNOWN_SESSION": (404, "Unknown session"),
+    "NOT_FOUND": (404, "Not found"),
+    "METHOD_NOT_ALLOWED": (405, "Method not allowed"),
+    "TX_CONFLICT": (409, "Transaction id already used with different content"),
+    "BET_VOIDED": (409, "Bet was already voided by a rollback"),
+    "NOT_A_BET": (409, "Referenced transaction is not a bet"),
+    "ROLLBACK_OF_WON_BET": (409, "Bet was already settled by a win"),
+    "WIN_AFTER_ROLLBACK": (409, "Bet was rolled back"),
+    "AMOUNT_MISMATCH": (409, "Rollback amount differs from the recorded stake"),
+    "CROSS_PLAYER": (409, "Referenced bet belongs to another player"),
+    "PLAYER_EXISTS": (409, "Player already exists"),
+    "REFERENCE_CONFLICT": (409, "Adjustment reference already used with different content"),
+    "BODY_TOO_LARGE": (413, "Request body too large"),
+    "PROVIDER_UNAVAILABLE": (502, "Game provider did not answer"),
+    "WALLET_UNAVAILABLE": (503, "Wallet temporarily unavailable"),
+}
+
+# The 409s an operator must resolve by hand (PROTOCOL.md §6): stored with both payloads.
+INCIDENT_OUTCOMES = frozenset(
+    {"ROLLBACK_OF_WON_BET", "WIN_AFTER_ROLLBACK", "AMOUNT_MISMATCH", "CROSS_PLAYER"}
+)
+
+
+def status_of(outcome: str) -> int:
+    return OUTCOMES[outcome][0]
+
+
+def envelope(outcome: str, data: dict[str, Any] | None = None, message: str | None = None) -> bytes:
+    """The response body: `{"code", "message", "data"}`; errors carry `data: null`."""
+    status, default_message = OUTCOMES[outcome]
+    return orjson.dumps(
+        {
+            "code": status,
+            "message": message or default_message,
+            "data": data if status < 300 else None,
+        }
+    )

@@ -1,0 +1,306 @@
+"""The hot wallet: every money operation is one atomic Lua script call.
+
+This module turns validated requests into script calls (keys and arguments) and script replies
+into `WalletReply` values. It knows no HTTP.
+"""
+
+import itertools
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.keys import KeySpace
+from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
+from gateway.scripts import Scripts
+from gateway.settings import Settings
+
+SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class WalletUnavailable(Exception):
+    """Redis did not answer: the call may or may not have run; the provider retries (503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalletReply:
+    outcome: str
+    balance_millis: int
+    operator_tx_id: str
+    currency: str
+    replayed: bool
+
+    @classmethod
+    def from_script(cls, reply: list[Any]) -> "WalletReply":
+        outcome, balance, operator_tx_id, currency, replayed = reply
+        return cls(outcome, int(balance), operator_tx_id, currency, replayed == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Player:
+    user_id: str
+    username: str
+    currency: str
+    balance_millis: int
+    maxbet_millis: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "username": self.username,
+            "currency": self.currency,
+            "balance": self.balance_millis,
+            "maxbet": self.maxbet_millis,
+        }
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class OperatorTxIds:
+    """Our id for each applied call: a random per-process prefix and a counter (cheaper than a
+    uuid per call, unique across processes and restarts)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter)}"
+
+
+class Wallet:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = KeySpace(settings.shards)
+        self.scripts = Scripts.register(redis)
+        self._operator_tx_ids = OperatorTxIds()
+        self._retention_ms = settings.record_retention_seconds * 1000
+        self.session_idle_ms = settings.session_idle_seconds * 1000
+        # a session record outlives its expiry by a day, so a late call is told 'expired'
+        self.session_ttl_ms = self.session_idle_ms + SESSION_RECORD_GRACE_MS
+
+    async def start(self) -> None:
+        await self.scripts.load_all(self.redis)
+
+    async def _call_money_script(
+        self,
+        script_name: str,
+        keys: list[str],
+        tx_fields: tuple[str, ...],
+        body: bytes,
+        extra_args: tuple[str | int, ...],
+    ) -> WalletReply:
+        args = (*tx_fields, self._operator_tx_ids.next(), self._retention_ms, body, *extra_args)
+        reply = WalletReply.from_script(
+            await self.run_script(getattr(self.scripts, script_name), keys, args)
+        )
+        if self.settings.redis_wait_replicas and not reply.replayed:
+            await self._wait_for_replicas()
+        return reply
+
+    async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except REDIS_UNREACHABLE as exc:
+            raise WalletUnavailable(str(exc)) from exc
+
+    async def _wait_for_replicas(self) -> None:
+        acknowledged = await self.redis.wait(
+            self.settings.redis_wait_replicas, self.settings.redis_timeout_ms
+        )
+        if acknowledged < self.settings.redis_wait_replicas:
+            raise WalletUnavailable("replicas did not acknowledge in time")
+
+    def _common_keys(self, shard: int, provider_tx_id: str) -> list[str]:
+        keys = self.keys
+        return [
+            keys.tx(shard, provider_tx_id),
+            keys.tx_owner(keys.shard(provider_tx_id), provider_tx_id),
+            keys.events(shard),
+        ]
+
+    @staticmethod
+    def _tx_fields(
+        request: BetRequest | WinRequest | RollbackRequest | CloseRoundRequest,
+        user_id: str,
+        amount_millis: int | None,
+        currency: str | None,
+        bet_tx_id: str | None,
+    ) -> tuple[str, ...]:
+        return (
+            request.provider_tx_id,
+            user_id,
+            request.action,
+            "" if amount_millis is None else str(amount_millis),
+            currency or "",
+            request.round_id,
+            request.game,
+            bet_tx_id or "",
+            request.fingerprint(),
+            str(now_ms()),
+        )
+
+    async def debit_bet(self, request: BetRequest, body: bytes) -> WalletReply:
+        keys = self.keys
+        shard = keys.shard(request.user_id)
+        return await self._call_money_script(
+            "withdraw",
+            [
+                *self._common_keys(shard, request.provider_tx_id),
+                keys.player(shard, request.user_id),
+                keys.session(shard, request.session_token),
+                keys.live_session(shard, request.user_id),
+                keys.tombstone(shard, request.provider_tx_id),
+            ],
+            self._tx_fields(
+                request, request.user_id, request.amount_millis, request.currency, None
+            ),
+            body,
+            (
+                request.session_token,
+                self.session_idle_ms,
+                self.settings.default_maxbet_millis,
+                self.session_ttl_ms,
+            ),
+        )
+
+    def _settlement_keys(self, shard: int, request: WinRequest | RollbackRequest) -> list[str]:
+        keys = self.keys
+        bet_tx_id = request.bet_tx_id or ""
+        return [
+            *self._common_keys(shard, request.provider_tx_id),
+            keys.player(shard, request.user_id),
+            keys.tx(shard, bet_tx_id),
+            keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
+            keys.incidents(shard),
+        ]
+
+    async def credit_win(self, request: WinRequest, body: bytes) -> WalletReply:
+        shard = self.keys.shard(request.user_id)
+        return await self._call_money_script(
+            "credit",
+            self._settlement_keys(shard, request),
+            self._tx_fields(
+                request,
+                request.user_id,
+                request.amount_millis,
+                request.currency,
+                request.bet_tx_id,
+            ),
+            body,
+            (),
+        )
+
+    async def roll_back(self, request: RollbackRequest, body: bytes) -> WalletReply:
+        shard = self.keys.shard(request.user_id)
+        return await self._call_money_script(
+            "rollback",
+            [
+                *self._settlement_keys(shard, request),
+                self.keys.tombstone(shard, request.bet_tx_id),
+            ],
+            self._tx_fields(
+                request,
+                request.user_id,
+                request.amount_millis,
+                request.currency,
+                request.bet_tx_id,
+            ),
+            body,
+            (),
+        )
+
+    async def close_round(self, request: CloseRoundRequest, body: bytes) -> WalletReply:
+        shard = self.keys.shard(request.round_id)
+        return await self._call_money_script(
+            "close_round",
+            [
+                *self._common_keys(shard, request.provider_tx_id),
+                self.keys.round_closed(shard, request.round_id),
+            ],
+            self._tx_fields(request, "", 0, None, None),
+            body,
+            (
+                orjson.dumps(request.stakes_millis).decode(),
+                orjson.dumps(request.cash_out_coefficients).decode(),
+            ),
+        )
+
+    async def get_player(self, user_id: str) -> Player | None:
+        shard = self.keys.shard(user_id)
+        try:
+            fields = await self.redis.hmget(
+                self.keys.player(shard, user_id), ["username", "currency", "balance", "maxbet"]
+            )
+        except REDIS_UNREACHABLE as exc:
+            raise WalletUnavailable(str(exc)) from exc
+        username, currency, balance, maxbet = fields
+        if currency is None:
+            return None
+        return Player(
+            user_id,
+            username or "",
+            currency,
+            int(balance),
+            int(maxbet) if maxbet else self.settings.default_maxbet_millis,
+        )
+
+    async def create_player(
+        self,
+        user_id: str,
+        currency: str,
+        username: str,
+        balance_millis: int,
+        maxbet_millis: int | None,
+    ) -> str:
+        shard = self.keys.shard(user_id)
+        return await self.run_script(
+            self.scripts.create_player,
+            [self.keys.player(shard, user_id), self.keys.events(shard)],
+            (
+                user_id,
+                currency,
+                username,
+                balance_millis,
+                "" if maxbet_millis is None else maxbet_millis,
+                now_ms(),
+            ),
+        )
+
+    async def adjust_balance(
+        self, user_id: str, amount_millis: int, reference: str
+    ) -> tuple[str, int]:
+        """The cashier: a signed amount, idempotent on `reference`."""
+        shard = self.keys.shard(user_id)
+        outcome, balance = await self.run_script(
+            self.scripts.adjust_balance,
+            [
+                self.keys.adjustment(shard, reference),
+                self.keys.player(shard, user_id),
+                self.keys.events(shard),
+            ],
+            (user_id, amount_millis, reference, now_ms(), self._retention_ms),
+        )
+        return outcome, int(balance)
+
+    async def incidents(self, limit: int) -> list[dict[str, Any]]:
+        """The most recent incidents of every shard, newest first."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in self.keys.all_incident_lists():
+                    pipe.lrange(key, 0, limit - 1)
+                per_shard = await pipe.execute()
+        except REDIS_UNREACHABLE as exc:
+            raise WalletUnavailable(str(exc)) from exc
+        incidents = [orjson.loads(item) for items in per_shard for item in items]
+        incidents.sort(key=lambda incident: incident["ts"], reverse=True)
+        return incidents[:limit]

@@ -1,0 +1,29 @@
+-- WIN / FREE_BET_WIN. KEYS[4] player, KEYS[5] record of the referenced bet (player's shard),
+-- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list.
+-- Settlement is never refused for an expired session: no session is checked.
+local seen = replay_or_conflict()
+if seen then return seen end
+
+local player = redis.call('HMGET', KEYS[4], 'currency', 'balance')
+if not player[1] then return {'UNKNOWN_USER', 0, '', '', 0} end
+local currency, balance = player[1], tonumber(player[2])
+
+if currency_in ~= currency then
+  return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
+end
+if ref_id ~= '' then
+  local bet_owner = redis.call('GET', KEYS[6])
+  if bet_owner and bet_owner ~= user_id then
+    record_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner)
+    return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
+  end
+  local bet = redis.call('HMGET', KEYS[5], 'state', 'req')
+  if bet[1] == 'rolledback' then
+    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', bet[2])
+    return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
+  end
+  if bet[1] == 'open' then redis.call('HSET', KEYS[5], 'state', 'won') end
+end
+local amount = tonumber(amount_text)
+local new_balance = redis.call('HINCRBY', KEYS[4], 'balance', amount)
+return finish('OK', new_balance, currency, amount, {})
