@@ -1,0 +1,91 @@
+"""`wallet-gateway`: a thin command line over the library."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from gateway import server
+from gateway.settings import Settings, add_setting_flags, load_settings
+from gateway.signing import KeyRing
+from gateway.stack import EmbeddedStack, ensure_credentials
+
+log = logging.getLogger("gateway.cli")
+
+
+def _print_banner(settings: Settings) -> None:
+    key_ring = KeyRing.parse(settings.provider_keys)
+    lines = [
+        "wallet-gateway is up",
+        f"  callbacks  http://{settings.gateway_host}:{settings.gateway_port}"
+        "  (/auth /withdraw /deposit /balance)",
+        f"  admin API  http://{settings.admin_host}:{settings.admin_port}/admin",
+        f"  redis      {settings.redis_url}",
+        f"  postgres   {settings.database_url or '(none)'}",
+        f"  admin token  {settings.admin_token}",
+    ]
+    lines += [
+        f"  provider key {public}  secret {key_ring.secret(public)}"
+        for public in key_ring.public_keys()
+    ]
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+
+
+def command_up(settings: Settings) -> int:
+    settings = ensure_credentials(settings)
+    stack = EmbeddedStack(settings)
+    try:
+        settings = stack.start(settings)
+        companions = _history_companions(settings)
+        server.run(settings, started=lambda: _print_banner(settings), companions=companions)
+    finally:
+        stack.stop()
+    return 0
+
+
+def command_serve(settings: Settings) -> int:
+    if not settings.redis_url:
+        raise ValueError("serve needs REDIS_URL (or use `wallet-gateway up`)")
+    if not settings.provider_keys or not settings.admin_token:
+        raise ValueError("serve needs PROVIDER_KEYS and ADMIN_TOKEN")
+    server.run(settings, started=lambda: log.info("serving on port %s", settings.gateway_port))
+    return 0
+
+
+def _history_companions(settings: Settings) -> tuple[server.Companion, ...]:
+    """The history writer runs beside the listeners when a database is configured."""
+    return ()
+
+
+COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
+    "up": (command_up, "run the whole stack: embedded Redis and PostgreSQL, gateway, writer"),
+    "serve": (command_serve, "run the gateway and admin API against REDIS_URL"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wallet-gateway", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        add_setting_flags(subcommands.add_parser(name, help=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+        command, _ = COMMANDS[args.command]
+        return command(settings)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"wallet-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

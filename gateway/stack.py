@@ -1,0 +1,70 @@
+"""What `wallet-gateway up` adds around the service: embedded servers from the wheels, and
+credentials generated once and kept in the data folder."""
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.settings import Settings
+
+CREDENTIALS_FILE_NAME = "credentials.json"
+
+
+def ensure_credentials(settings: Settings) -> Settings:
+    """Fill PROVIDER_KEYS and ADMIN_TOKEN from the data folder, generating them the first time."""
+    path = Path(settings.data_dir) / CREDENTIALS_FILE_NAME
+    if path.exists():
+        stored = json.loads(path.read_text())
+    else:
+        stored = {
+            "provider_keys": f"pk-{secrets.token_hex(8)}:{secrets.token_urlsafe(32)}",
+            "admin_token": secrets.token_urlsafe(24),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written owner-only: these are the secrets of this stack
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(stored, file)
+    return settings.replace(
+        provider_keys=settings.provider_keys or stored["provider_keys"],
+        admin_token=settings.admin_token or stored["admin_token"],
+    )
+
+
+class EmbeddedStack:
+    """The servers `up` starts when no REDIS_URL / DATABASE_URL is given."""
+
+    def __init__(self, settings: Settings) -> None:
+        data_dir = Path(settings.data_dir).absolute()
+        self.redis = None
+        self.postgres = None
+        if not settings.redis_url:
+            self.redis = EmbeddedRedis(
+                data_dir / "redis",
+                appendfsync=settings.redis_appendfsync,
+                redis_server_bin=Path(settings.redis_server_bin)
+                if settings.redis_server_bin
+                else None,
+            )
+        if not settings.database_url:
+            self.postgres = EmbeddedPostgres(
+                data_dir / "postgres",
+                pg_bin_dir=Path(settings.pg_bin_dir) if settings.pg_bin_dir else None,
+            )
+
+    def start(self, settings: Settings) -> Settings:
+        """Start what is embedded; the settings then point at it."""
+        if self.redis is not None:
+            self.redis.start()
+            settings = settings.replace(redis_url=self.redis.url)
+        if self.postgres is not None:
+            self.postgres.start()
+            settings = settings.replace(database_url=self.postgres.url)
+        return settings
+
+    def stop(self) -> None:
+        for server in (self.postgres, self.redis):
+            if server is not None:
+                server.stop()
