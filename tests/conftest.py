@@ -1,0 +1,117 @@
+"""Real servers for the whole session (the embedded Redis of `wallet-gateway up`), clean state
+for every test, and a signed provider client."""
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import Services, create_admin_app, create_gateway_app
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.settings import Settings
+from gateway.signing import signed_headers
+
+PUBLIC_KEY = "test-public"
+SECRET = "test-secret"
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """Started only by the tests that ask for it (the durable history)."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        provider_keys=f"{PUBLIC_KEY}:{SECRET},rotated-public:rotated-secret",
+        admin_token=ADMIN_TOKEN,
+    )
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    services = Services.create(settings)
+    await services.redis.flushall()
+    await services.wallet.start()
+    yield services
+    await services.close()
+
+
+class Provider:
+    """Plays the game provider: signs and posts callbacks, returns (status, body)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    async def post_raw(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        response = await self.client.post(
+            path, data=body, headers=headers or signed_headers(PUBLIC_KEY, SECRET, body)
+        )
+        return response.status, await response.read()
+
+    async def post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, body = await self.post_raw(path, orjson.dumps(payload))
+        return status, orjson.loads(body)
+
+
+class Admin:
+    """The operator's admin API, with the bearer token."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def call(
+        self, method: str, path: str, payload: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        response = await self.client.request(method, path, json=payload, headers=self.headers)
+        return response.status, orjson.loads(await response.read())
+
+    async def create_player(
+        self, user_id: str, balance: int = 10_000, currency: str = "USD", **extra: Any
+    ) -> dict[str, Any]:
+        status, body = await self.call(
+            "POST",
+            "/admin/players",
+            {"user_id": user_id, "currency": currency, "balance": balance, **extra},
+        )
+        assert status == 201, body
+        return body["data"]
+
+    async def open_session(self, user_id: str) -> str:
+        status, body = await self.call("POST", "/admin/sessions", {"user_id": user_id})
+        assert status == 201, body
+        return body["data"]["session_token"]
+
+    async def balance(self, user_id: str) -> int:
+        status, body = await self.call("GET", f"/admin/players/{user_id}")
+        assert status == 200, body
+        return body["data"]["balance"]
+
+
+@pytest.fixture
+async def provider(services: Services, aiohttp_client: Any) -> Provider:
+    return Provider(await aiohttp_client(create_gateway_app(services)))
+
+
+@pytest.fixture
+async def admin(services: Services, aiohttp_client: Any) -> Admin:
+    return Admin(await aiohttp_client(create_admin_app(services)))
