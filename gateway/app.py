@@ -2,29 +2,17 @@
 
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from redis.asyncio import Redis
 
 from gateway.admin import AdminApi, bearer_token_middleware
 from gateway.callbacks import BODY_BYTES_MAX, Callbacks, respond
 from gateway.launch import LaunchClient
+from gateway.redis_connection import connect_redis
 from gateway.sessions import Sessions
 from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.wallet import Wallet
-
-REDIS_CONNECTIONS_MAX = 512
-
-
-def connect_redis(settings: Settings) -> Redis:
-    timeout_seconds = settings.redis_timeout_ms / 1000
-    return Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        max_connections=REDIS_CONNECTIONS_MAX,
-    )
 
 
 @dataclass
@@ -46,13 +34,23 @@ class Services:
         await self.redis.aclose()
 
 
-async def _not_found(request: web.Request) -> web.Response:
+async def _no_route(request: web.Request) -> web.Response:
+    # The catch-all hides aiohttp's own 405: a known path with another method is still a 405.
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        _, methods = await resource.resolve(request)
+        allowed |= methods
+    allowed.discard(hdrs.METH_ANY)
+    if allowed:
+        response = respond("METHOD_NOT_ALLOWED")
+        response.headers[hdrs.ALLOW] = ",".join(sorted(allowed))
+        return response
     return respond("NOT_FOUND")
 
 
 def _with_envelope_fallback(app: web.Application) -> web.Application:
-    # Unknown paths answer in the protocol's envelope, not aiohttp's plain text.
-    app.router.add_route("*", "/{tail:.*}", _not_found)
+    # Unknown paths and methods answer in the protocol's envelope, not aiohttp's plain text.
+    app.router.add_route("*", "/{tail:.*}", _no_route)
     return app
 
 

@@ -4,6 +4,7 @@ This module turns validated requests into script calls (keys and arguments) and 
 into `WalletReply` values. It knows no HTTP.
 """
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -12,14 +13,18 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.scripts import Scripts
 from gateway.settings import Settings
 
+REDIS_LOADING_WAIT_SECONDS_MAX = 600
+REDIS_LOADING_POLL_SECONDS = 0.2
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -82,6 +87,7 @@ class Wallet:
         self.settings = settings
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
+        self._script_calls = CoalescedScriptCalls(redis)
         self._operator_tx_ids = OperatorTxIds()
         self._retention_ms = settings.record_retention_seconds * 1000
         self.session_idle_ms = settings.session_idle_seconds * 1000
@@ -89,7 +95,16 @@ class Wallet:
         self.session_ttl_ms = self.session_idle_ms + SESSION_RECORD_GRACE_MS
 
     async def start(self) -> None:
-        await self.scripts.load_all(self.redis)
+        """Load the scripts, once Redis has finished replaying its AOF."""
+        deadline = time.monotonic() + REDIS_LOADING_WAIT_SECONDS_MAX
+        while True:
+            try:
+                await self.scripts.load_all(self.redis)
+                return
+            except BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(REDIS_LOADING_POLL_SECONDS)
 
     async def _call_money_script(
         self,
@@ -109,7 +124,7 @@ class Wallet:
 
     async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            return await self._script_calls.call(script, keys, args)
         except REDIS_UNREACHABLE as exc:
             raise WalletUnavailable(str(exc)) from exc
 
@@ -188,7 +203,10 @@ class Wallet:
         shard = self.keys.shard(request.user_id)
         return await self._call_money_script(
             "credit",
-            self._settlement_keys(shard, request),
+            [
+                *self._settlement_keys(shard, request),
+                self.keys.tombstone(shard, request.bet_tx_id or ""),
+            ],
             self._tx_fields(
                 request,
                 request.user_id,

@@ -1,0 +1,77 @@
+"""Script calls made in the same event-loop tick go to Redis as one pipeline.
+
+Each EVALSHA stays atomic on the server; only the client's per-call overhead (connection
+checkout, packing, one socket write and wake-up per call) is shared. Measured on the EVALSHA
+path: ~25 us of client CPU per call instead of ~50 us for one call per round trip
+(loadtests/redis_clients_bench.py).
+"""
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+BATCH_CALLS_MAX = 256
+
+PendingCall = tuple[AsyncScript, list[str], tuple[Any, ...], asyncio.Future[Any]]
+
+
+class CoalescedScriptCalls:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pending: list[PendingCall] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def call(
+        self, script: AsyncScript, keys: list[str], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((script, keys, args, reply))
+        if len(self._pending) >= BATCH_CALLS_MAX:
+            self._start_flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._start_flush)
+        return reply
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.create_task(self._flush(batch))
+        self._flushes.add(task)  # keep a reference until done (asyncio holds only weak ones)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[PendingCall], reload_allowed: bool = True) -> None:
+        try:
+            replies = await self._execute(batch)
+            unloaded = [
+                call
+                for call, result in zip(batch, replies, strict=True)
+                if isinstance(result, NoScriptError)
+            ]
+            if unloaded and reload_allowed:
+                # Redis lost its script cache (restart, SCRIPT FLUSH): load, call once more.
+                for script in {id(call[0]): call[0] for call in unloaded}.values():
+                    script.sha = await self._redis.script_load(script.script)
+                await self._flush(unloaded, reload_allowed=False)
+        except Exception as exc:  # the connection failed: every caller still waiting sees it
+            replies = [exc] * len(batch)
+        for (*_, reply), result in zip(batch, replies, strict=True):
+            if reply.done() or (isinstance(result, NoScriptError) and reload_allowed):
+                continue
+            if isinstance(result, Exception):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+    async def _execute(self, batch: list[PendingCall]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)

@@ -1,0 +1,116 @@
+"""Prometheus metrics, served at /metrics on the admin listener.
+
+With several worker processes each keeps its own registry; the admin listener (first process)
+serves the first process's numbers plus the shared Redis/PostgreSQL gauges.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway.outcomes import INCIDENT_OUTCOMES, status_of
+
+LATENCY_BUCKETS_SECONDS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+GAUGES_REFRESH_SECONDS = 5.0
+
+log = logging.getLogger("gateway.metrics")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "wallet_requests",
+            "Callbacks answered",
+            ["endpoint", "action", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "wallet_request_seconds",
+            "Callback latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.script_seconds = Histogram(
+            "wallet_script_seconds",
+            "Lua script round trip",
+            ["script"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.replays = Counter(
+            "wallet_idempotent_replays",
+            "Retries answered from the idempotency record",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.conflicts = Counter(
+            "wallet_conflicts", "409 answers by kind", ["kind"], registry=registry
+        )
+        self.incidents = Counter(
+            "wallet_incidents", "Incidents recorded, by kind", ["kind"], registry=registry
+        )
+        self.stream_length = Gauge(
+            "wallet_stream_entries",
+            "Entries in the event streams (all shards)",
+            registry=registry,
+        )
+        self.writer_lag = Gauge(
+            "wallet_writer_lag_entries",
+            "Entries not yet written to PostgreSQL",
+            registry=registry,
+        )
+        self.writer_lag_seconds = Gauge(
+            "wallet_writer_lag_seconds",
+            "Age of the oldest event not yet written",
+            registry=registry,
+        )
+        self.redis_up = Gauge("wallet_redis_up", "1 when Redis answers", registry=registry)
+        self.postgres_up = Gauge(
+            "wallet_postgres_up", "1 when PostgreSQL answers", registry=registry
+        )
+
+    def observe_callback(
+        self, endpoint: str, action: str, outcome: str, seconds: float, replayed: bool
+    ) -> None:
+        self.requests.labels(endpoint, action, str(status_of(outcome))).inc()
+        self.request_seconds.labels(endpoint).observe(seconds)
+        if replayed:
+            self.replays.labels(endpoint).inc()
+        elif outcome in INCIDENT_OUTCOMES:
+            self.incidents.labels(outcome).inc()
+        if status_of(outcome) == 409:
+            self.conflicts.labels(outcome).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+Probe = Callable[[], Awaitable[None]]
+
+
+async def refresh_gauges(metrics: Metrics, probes: list[Probe], stop: asyncio.Event) -> None:
+    """Keep the shared gauges (reachability, stream length, lag) fresh until `stop`."""
+    while not stop.is_set():
+        for probe in probes:
+            try:
+                await probe()
+            except Exception:  # a probe must never stop the others
+                log.exception("metrics probe failed")
+        try:
+            await asyncio.wait_for(stop.wait(), GAUGES_REFRESH_SECONDS)
+        except TimeoutError:
+            pass

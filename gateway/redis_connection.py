@@ -1,0 +1,33 @@
+"""The gateway's Redis client: redis-py asyncio with hiredis parsing and hiredis packing."""
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer
+
+from gateway.settings import Settings
+
+REDIS_CONNECTIONS_MAX = 512
+
+
+class HiredisPackedConnection(Connection):
+    """redis-py's asyncio connection packs commands in Python (its sync one uses hiredis):
+    packing an EVALSHA of ~25 arguments was a tenth of the gateway's CPU under load."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)
+
+
+def connect_redis(settings: Settings) -> Redis:
+    timeout_seconds = settings.redis_timeout_ms / 1000
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        max_connections=REDIS_CONNECTIONS_MAX,
+        connection_class=HiredisPackedConnection,
+    )
