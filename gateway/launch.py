@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+
+from gateway.schemas import InvalidRequest, identifier
 
 LAUNCH_TIMEOUT_SECONDS = 10
 
@@ -58,18 +61,28 @@ class LaunchClient:
                 ) as response:
                     if response.status != 200:
                         raise ProviderUnavailable(f"provider answered {response.status}")
-                    return await response.json(content_type=None)
+                    try:
+                        return await response.json(content_type=None)
+                    except ValueError as exc:
+                        raise ProviderUnavailable("provider answered something not JSON") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ProviderUnavailable(f"provider unreachable: {exc}") from exc
 
     async def launch(self, request: LaunchRequest) -> Launch:
-        payload = await self._get_json(f"/api/v1/launch/{request.game}", request.query())
+        # a game id is any printable text: '/', '?' or '#' in it must not reshape the URL
+        game_path = quote(request.game, safe="")
+        payload = await self._get_json(f"/api/v1/launch/{game_path}", request.query())
+        fields = payload if isinstance(payload, dict) else {}
+        launch_url = fields.get("launch_url")
+        # str(None) would be a URL or a session named "None"
+        if not (isinstance(launch_url, str) and launch_url):
+            raise ProviderUnavailable("provider's launch answer lacks launch_url")
         try:
-            return Launch(str(payload["launch_url"]), str(payload["session_token"]))
-        except (KeyError, TypeError) as exc:
-            raise ProviderUnavailable(
-                "provider's launch answer lacks launch_url/session_token"
-            ) from exc
+            # the provider's later /auth must be able to name this session
+            session_token = identifier(fields, "session_token")
+        except InvalidRequest as exc:
+            raise ProviderUnavailable(f"provider's launch answer: {exc}") from exc
+        return Launch(launch_url, session_token)
 
     async def list_games(self) -> list[Any]:
         return await self._get_json("/api/v1/games", {"operatorId": self.operator_id})

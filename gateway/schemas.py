@@ -4,6 +4,7 @@ Bad input raises `InvalidRequest` with a message naming the field; nothing has b
 when it does, so bad input changes nothing.
 """
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -13,6 +14,8 @@ import orjson
 AMOUNT_MILLIS_MAX = 10**15
 IDENTIFIER_CHARS_MAX = 128
 FIELD_SEPARATOR = "\x1f"  # never inside a printable identifier
+# str.isupper() alone lets "U5D" and "U D" through: a cased letter is enough for it.
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 
 BET_ACTIONS = frozenset({"BET", "FREE_BET"})
 WIN_ACTIONS = frozenset({"WIN", "FREE_BET_WIN"})
@@ -83,7 +86,7 @@ def currency(payload: dict[str, Any], field: str = "currency") -> str:
     if not _present(payload, field):
         raise InvalidRequest(f"{field} is required")
     value = payload[field]
-    if not isinstance(value, str) or len(value) != 3 or not value.isascii() or not value.isupper():
+    if not isinstance(value, str) or not CURRENCY_PATTERN.fullmatch(value):
         raise InvalidRequest(f"{field} must be 3 upper-case letters (ISO 4217)")
     return value
 

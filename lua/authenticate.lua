@@ -11,4 +11,5 @@ local player = redis.call('HMGET', KEYS[1], 'username', 'currency', 'balance', '
 if not player[2] then return {'UNKNOWN_USER', '', '', 0, ''} end
 redis.call('HSET', KEYS[2], 'last_seen', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {'OK', player[1] or '', player[2], tonumber(player[3]), player[4] or ''}
+-- the balance as Redis' digits: tonumber would round it above 2^53
+return {'OK', player[1] or '', player[2], player[3], player[4] or ''}

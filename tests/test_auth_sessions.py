@@ -1,0 +1,391 @@
+"""PROTOCOL.md §4 /auth and /balance, §8 sessions: one-time user tokens, session tokens with a
+sliding idle expiry, one live session per player; /balance is read-only."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import Admin, Provider
+from payloads import bet, win
+
+from gateway.app import Services, create_admin_app, create_gateway_app
+
+USER = "player-1"
+BALANCE = 10_000
+
+
+def assert_error_envelope(body: dict[str, Any], code: int) -> None:
+    assert set(body) == {"code", "message", "data"}, body
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["data"] is None
+
+
+async def stream_events(services: Any) -> int:
+    total = 0
+    for stream in services.wallet.keys.all_streams():
+        total += await services.redis.xlen(stream)
+    return total
+
+
+async def user_token_for(admin: Admin, user_id: str) -> str:
+    """A fresh one-time launch token (POST /admin/sessions issues one with a session)."""
+    status, body = await admin.call("POST", "/admin/sessions", {"user_id": user_id})
+    assert status == 201, body
+    return body["data"]["user_token"]
+
+
+@pytest.fixture
+async def player(admin: Admin) -> dict[str, Any]:
+    return await admin.create_player(USER, balance=BALANCE, username="Alice")
+
+
+# --- /auth of a known session ---------------------------------------------------------------
+
+
+async def test_auth_of_a_known_session_returns_the_player(
+    provider: Provider, admin: Admin, settings: Any, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    assert body == {
+        "code": 200,
+        "message": "OK",
+        "data": {
+            "user_id": USER,
+            "username": "Alice",
+            "currency": "USD",
+            "balance": BALANCE,
+            "maxbet": settings.default_maxbet_millis,
+        },
+    }
+
+
+async def test_auth_reports_the_current_balance(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1", amount=2500))
+    assert status == 200, body
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    assert body["data"]["balance"] == 7_500
+
+
+async def test_auth_with_optional_fields_of_the_protocol(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post(
+        "/auth",
+        {
+            "session_token": session_token,
+            "platform": "mobile",
+            "currency": "USD",
+            "game": "aviadrone",
+        },
+    )
+    assert status == 200, body
+
+
+async def test_auth_in_another_currency_is_400(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post("/auth", {"session_token": session_token, "currency": "EUR"})
+    assert status == 400
+    assert_error_envelope(body, 400)
+
+
+async def test_maxbet_is_the_configured_default_without_a_players_own(
+    provider: Provider, admin: Admin, settings: Any
+) -> None:
+    await admin.create_player("no-limit")
+    session_token = await admin.open_session("no-limit")
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    assert body["data"]["maxbet"] == settings.default_maxbet_millis
+    assert body["data"]["username"] == "no-limit"  # the user_id when none was given
+
+
+async def test_maxbet_is_the_players_own_limit(provider: Provider, admin: Admin) -> None:
+    await admin.create_player("limited", maxbet=5_000)
+    session_token = await admin.open_session("limited")
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    assert body["data"]["maxbet"] == 5_000
+
+
+async def test_auth_balance_is_exact_above_two_to_the_53(provider: Provider, admin: Admin) -> None:
+    """Money never passes through a float, not even a Lua number."""
+    await admin.create_player("whale", balance=10**15)
+    for n in range(9):
+        status, body = await admin.call(
+            "POST", "/admin/players/whale/adjustments", {"amount": 10**15, "reference": f"r{n}"}
+        )
+        assert status == 200, body
+    status, body = await admin.call(
+        "POST", "/admin/players/whale/adjustments", {"amount": 1, "reference": "odd"}
+    )
+    assert status == 200, body
+    expected = 10**16 + 1
+    assert expected > 2**53
+    assert body["data"]["balance"] == expected
+    session_token = await admin.open_session("whale")
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    assert body["data"]["balance"] == expected
+    status, body = await provider.post("/balance", {"user_id": "whale"})
+    assert body["data"]["amount"] == expected
+
+
+# --- unknown sessions and one-time user tokens ---------------------------------------------
+
+
+async def test_auth_of_an_unknown_session_is_404(provider: Provider, player: Any) -> None:
+    status, body = await provider.post("/auth", {"session_token": "never-issued"})
+    assert status == 404
+    assert_error_envelope(body, 404)
+
+
+async def test_auth_of_an_unknown_session_with_an_unknown_user_token_is_404(
+    provider: Provider, player: Any
+) -> None:
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-1", "user_token": "never-issued"}
+    )
+    assert status == 404
+    assert_error_envelope(body, 404)
+
+
+async def test_unknown_session_with_a_valid_user_token_binds_the_session(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    user_token = await user_token_for(admin, USER)
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-1", "user_token": user_token}
+    )
+    assert status == 200, body
+    assert body["data"]["user_id"] == USER
+    assert body["data"]["balance"] == BALANCE
+    # the bound session is now known by itself, and bets on it
+    status, body = await provider.post("/auth", {"session_token": "gp-session-1"})
+    assert status == 200, body
+    status, body = await provider.post("/withdraw", bet(USER, "gp-session-1", "tx-1"))
+    assert status == 200, body
+    assert await admin.balance(USER) == 9_000
+
+
+async def test_retried_auth_with_the_same_pair_works(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    user_token = await user_token_for(admin, USER)
+    request = {"session_token": "gp-session-1", "user_token": user_token}
+    first = await provider.post("/auth", request)
+    assert first[0] == 200, first
+    assert await provider.post("/auth", request) == first
+
+
+async def test_used_user_token_with_another_session_token_is_404(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    user_token = await user_token_for(admin, USER)
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-1", "user_token": user_token}
+    )
+    assert status == 200, body
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-2", "user_token": user_token}
+    )
+    assert status == 404
+    assert_error_envelope(body, 404)
+    # and the refused session was not bound: it is still unknown, the first one still live
+    status, body = await provider.post("/auth", {"session_token": "gp-session-2"})
+    assert status == 404
+    status, body = await provider.post("/auth", {"session_token": "gp-session-1"})
+    assert status == 200, body
+
+
+async def test_user_token_of_another_player_binds_to_that_player(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    await admin.create_player("player-2", balance=500)
+    user_token = await user_token_for(admin, "player-2")
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-1", "user_token": user_token}
+    )
+    assert status == 200, body
+    assert body["data"]["user_id"] == "player-2"
+    # a bet naming player-1 on player-2's session is refused
+    status, body = await provider.post("/withdraw", bet(USER, "gp-session-1", "tx-1"))
+    assert status == 401
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
+
+
+# --- one live session per player ------------------------------------------------------------
+
+
+async def test_a_new_session_closes_the_old_one(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    old = await admin.open_session(USER)
+    new = await admin.open_session(USER)
+    status, body = await provider.post("/auth", {"session_token": old})
+    assert status == 401
+    assert_error_envelope(body, 401)
+    status, body = await provider.post("/withdraw", bet(USER, old, "tx-1"))
+    assert status == 401
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
+    status, body = await provider.post("/auth", {"session_token": new})
+    assert status == 200, body
+    status, body = await provider.post("/withdraw", bet(USER, new, "tx-2"))
+    assert status == 200, body
+
+
+async def test_binding_a_user_token_closes_the_players_previous_session(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    status, body = await admin.call("POST", "/admin/sessions", {"user_id": USER})
+    assert status == 201, body
+    old, user_token = body["data"]["session_token"], body["data"]["user_token"]
+    status, body = await provider.post(
+        "/auth", {"session_token": "gp-session-1", "user_token": user_token}
+    )
+    assert status == 200, body
+    status, body = await provider.post("/auth", {"session_token": old})
+    assert status == 401
+    assert_error_envelope(body, 401)
+
+
+async def test_bet_on_another_players_session_is_401(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    await admin.create_player("player-2")
+    others_session = await admin.open_session("player-2")
+    status, body = await provider.post("/withdraw", bet(USER, others_session, "tx-1"))
+    assert status == 401
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
+
+
+async def test_bet_on_an_unknown_session_is_401(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    status, body = await provider.post("/withdraw", bet(USER, "never-issued", "tx-1"))
+    assert status == 401
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
+
+
+# --- idle expiry (SESSION_IDLE_SECONDS = 1 here) --------------------------------------------
+
+
+@pytest.fixture
+async def quick_expiry(
+    services: Services, settings: Any, aiohttp_client: Any
+) -> tuple[Provider, Admin]:
+    quick = Services.create(settings.replace(session_idle_seconds=1), redis=services.redis)
+    await quick.wallet.start()
+    return (
+        Provider(await aiohttp_client(create_gateway_app(quick))),
+        Admin(await aiohttp_client(create_admin_app(quick))),
+    )
+
+
+async def test_expired_session_is_401_on_auth_and_on_a_bet(
+    quick_expiry: tuple[Provider, Admin],
+) -> None:
+    provider, admin = quick_expiry
+    await admin.create_player(USER, balance=BALANCE)
+    session_token = await admin.open_session(USER)
+    await asyncio.sleep(1.1)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 401
+    assert_error_envelope(body, 401)
+    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
+    assert status == 401
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
+
+
+async def test_each_callback_slides_the_idle_expiry(
+    quick_expiry: tuple[Provider, Admin],
+) -> None:
+    provider, admin = quick_expiry
+    await admin.create_player(USER, balance=BALANCE)
+    session_token = await admin.open_session(USER)
+    await asyncio.sleep(0.6)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    await asyncio.sleep(0.6)  # 1.2 s after opening, 0.6 s after the last callback
+    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
+    assert status == 200, body
+    await asyncio.sleep(0.6)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+
+
+async def test_settlement_is_never_refused_for_an_expired_session(
+    quick_expiry: tuple[Provider, Admin],
+) -> None:
+    provider, admin = quick_expiry
+    await admin.create_player(USER, balance=BALANCE)
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
+    assert status == 200, body
+    await asyncio.sleep(1.1)
+    status, body = await provider.post(
+        "/deposit", win(USER, "win-1", "tx-1", session_token=session_token)
+    )
+    assert status == 200, body
+    assert await admin.balance(USER) == 11_000
+
+
+# --- /balance -------------------------------------------------------------------------------
+
+
+async def test_balance_returns_currency_and_amount(provider: Provider, player: Any) -> None:
+    status, body = await provider.post("/balance", {"user_id": USER})
+    assert (status, body) == (
+        200,
+        {"code": 200, "message": "OK", "data": {"currency": "USD", "amount": BALANCE}},
+    )
+
+
+async def test_balance_with_the_wallets_currency_and_a_session(
+    provider: Provider, admin: Admin, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    status, body = await provider.post(
+        "/balance", {"user_id": USER, "currency": "USD", "session_token": session_token}
+    )
+    assert status == 200, body
+    assert body["data"] == {"currency": "USD", "amount": BALANCE}
+
+
+async def test_balance_of_an_unknown_user_is_404(provider: Provider, player: Any) -> None:
+    status, body = await provider.post("/balance", {"user_id": "nobody"})
+    assert status == 404
+    assert_error_envelope(body, 404)
+
+
+async def test_balance_in_another_currency_is_400(provider: Provider, player: Any) -> None:
+    status, body = await provider.post("/balance", {"user_id": USER, "currency": "EUR"})
+    assert status == 400
+    assert_error_envelope(body, 400)
+
+
+async def test_balance_is_read_only(provider: Provider, services: Services, player: Any) -> None:
+    """No stream event, no idempotency record, no key of any kind."""
+    keys_before = sorted([key async for key in services.redis.scan_iter()])
+    events_before = await stream_events(services)
+    for _ in range(3):
+        status, body = await provider.post(
+            "/balance", {"user_id": USER, "provider_tx_id": "tx-1", "currency": "USD"}
+        )
+        assert status == 200, body
+    assert sorted([key async for key in services.redis.scan_iter()]) == keys_before
+    assert await stream_events(services) == events_before
