@@ -49,6 +49,13 @@ def _one_of(payload: dict[str, Any], field: str, allowed: tuple[str, ...]) -> st
     return value
 
 
+def _optional_maxbet(payload: dict[str, Any]) -> int | None:
+    maxbet = optional_money_millis(payload, "maxbet")
+    if maxbet == 0:
+        raise InvalidRequest("maxbet must be at least 1 (a limit of 0 would refuse every bet)")
+    return maxbet
+
+
 class AdminApi:
     def __init__(self, wallet: Wallet, sessions: Sessions, launch_client: LaunchClient) -> None:
         self.wallet = wallet
@@ -76,7 +83,7 @@ class AdminApi:
             currency(payload),
             username,
             optional_money_millis(payload, "balance") or 0,
-            optional_money_millis(payload, "maxbet"),
+            _optional_maxbet(payload),
         )
         if outcome != OK:
             return respond(outcome)

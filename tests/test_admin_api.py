@@ -392,3 +392,12 @@ async def test_wrong_method_on_an_admin_route_is_405_envelope(admin: Admin) -> N
     status, body = await admin.call("DELETE", f"/admin/players/{USER}")
     assert status == 405
     assert_error_envelope(body, 405)
+
+
+async def test_create_player_with_maxbet_zero_is_refused(admin: Admin) -> None:
+    status, body = await admin.call(
+        "POST", "/admin/players", {"user_id": "p-zero", "currency": "USD", "maxbet": 0}
+    )
+    assert status == 400 and body["data"] is None
+    status, _ = await admin.call("GET", "/admin/players/p-zero")
+    assert status == 404
