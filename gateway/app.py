@@ -2,17 +2,22 @@
 
 from dataclasses import dataclass
 
+import asyncpg
 from aiohttp import hdrs, web
 from redis.asyncio import Redis
 
 from gateway.admin import AdminApi, bearer_token_middleware
 from gateway.callbacks import BODY_BYTES_MAX, Callbacks, respond
 from gateway.launch import LaunchClient
+from gateway.metrics import Metrics
+from gateway.operations import OperationsApi
 from gateway.redis_connection import connect_redis
 from gateway.sessions import Sessions
 from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.wallet import Wallet
+
+HISTORY_POOL_CONNECTIONS_MAX = 4
 
 
 @dataclass
@@ -23,14 +28,26 @@ class Services:
     redis: Redis
     wallet: Wallet
     sessions: Sessions
+    metrics: Metrics
+    history_pool: asyncpg.Pool | None = None  # PostgreSQL, for support reads and readiness
 
     @classmethod
     def create(cls, settings: Settings, redis: Redis | None = None) -> "Services":
         redis = redis or connect_redis(settings)
         wallet = Wallet(redis, settings)
-        return cls(settings, redis, wallet, Sessions(wallet))
+        return cls(settings, redis, wallet, Sessions(wallet), Metrics())
+
+    async def start(self) -> None:
+        await self.wallet.start()
+        if self.settings.database_url:
+            # min_size=0: the gateway starts, and keeps answering, while PostgreSQL is down
+            self.history_pool = await asyncpg.create_pool(
+                self.settings.database_url, min_size=0, max_size=HISTORY_POOL_CONNECTIONS_MAX
+            )
 
     async def close(self) -> None:
+        if self.history_pool is not None:
+            await self.history_pool.close()
         await self.redis.aclose()
 
 
@@ -57,7 +74,10 @@ def _with_envelope_fallback(app: web.Application) -> web.Application:
 def create_gateway_app(services: Services) -> web.Application:
     app = web.Application(client_max_size=BODY_BYTES_MAX)
     callbacks = Callbacks(
-        services.wallet, services.sessions, KeyRing.parse(services.settings.provider_keys)
+        services.wallet,
+        services.sessions,
+        KeyRing.parse(services.settings.provider_keys),
+        services.metrics,
     )
     app.add_routes(callbacks.routes())
     return _with_envelope_fallback(app)
@@ -70,4 +90,9 @@ def create_admin_app(services: Services) -> web.Application:
         settings.provider_base_url, settings.provider_public_key, settings.operator_id
     )
     app.add_routes(AdminApi(services.wallet, services.sessions, launch_client).routes())
+    app.add_routes(
+        OperationsApi(
+            services.redis, services.wallet.scripts, services.metrics, services.history_pool
+        ).routes()
+    )
     return _with_envelope_fallback(app)

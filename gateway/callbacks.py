@@ -1,18 +1,27 @@
 """The four signed callbacks of the provider: /auth, /withdraw, /deposit, /balance.
 
 Each request: size limit, signature on the raw bytes, then decode and validate, then one
-wallet call. Every answer, success or error, is the protocol's envelope.
+wallet call. Every answer, success or error, is the protocol's envelope; every answer is
+counted and logged in one place.
 """
 
+import itertools
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from gateway.logs import log_callback
+from gateway.metrics import Metrics
 from gateway.outcomes import OK, envelope, status_of
 from gateway.schemas import (
+    BET_ACTIONS,
     CLOSE_ROUND_ACTION,
+    DEPOSIT_ACTIONS,
     ROLLBACK_ACTION,
     WIN_ACTIONS,
     AuthRequest,
@@ -32,7 +41,20 @@ BODY_BYTES_MAX = 64 * 1024
 
 log = logging.getLogger("gateway.callbacks")
 
-CallbackBody = Callable[[dict[str, Any], bytes], Awaitable[web.Response]]
+
+@dataclass(slots=True)
+class Answer:
+    """What a callback decided; the wrapper turns it into the envelope, a metric, a log line."""
+
+    outcome: str
+    data: dict[str, Any] | None = None
+    message: str | None = None
+    action: str = ""
+    provider_tx_id: str = ""
+    replayed: bool = False
+
+
+CallbackBody = Callable[[dict[str, Any], bytes], Awaitable[Answer]]
 
 
 def respond(
@@ -45,92 +67,145 @@ def respond(
     )
 
 
-def money_response(reply: WalletReply, user_id: str, provider_tx_id: str) -> web.Response:
-    if reply.outcome != OK:
-        return respond(reply.outcome)
-    return respond(
-        OK,
-        {
-            "user_id": user_id,
+def money_answer(reply: WalletReply, request: BetRequest | WinRequest | RollbackRequest) -> Answer:
+    answer = Answer(
+        reply.outcome,
+        action=request.action,
+        provider_tx_id=request.provider_tx_id,
+        replayed=reply.replayed,
+    )
+    if reply.outcome == OK:
+        answer.data = {
+            "user_id": request.user_id,
             "currency": reply.currency,
             "new_balance": reply.balance_millis,
-            "provider_tx_id": provider_tx_id,
+            "provider_tx_id": request.provider_tx_id,
             "operator_tx_id": reply.operator_tx_id,
-        },
-    )
+        }
+    return answer
+
+
+class RequestIds:
+    """A short id per callback for the logs: a per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(3)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter)}"
 
 
 class Callbacks:
-    def __init__(self, wallet: Wallet, sessions: Sessions, key_ring: KeyRing) -> None:
+    def __init__(
+        self, wallet: Wallet, sessions: Sessions, key_ring: KeyRing, metrics: Metrics
+    ) -> None:
         self.wallet = wallet
         self.sessions = sessions
         self.key_ring = key_ring
+        self.metrics = metrics
+        self._request_ids = RequestIds()
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/auth", self._signed(self.auth)),
-            web.post("/withdraw", self._signed(self.withdraw)),
-            web.post("/deposit", self._signed(self.deposit)),
-            web.post("/balance", self._signed(self.balance)),
+            web.post("/auth", self._signed("auth", self.auth)),
+            web.post("/withdraw", self._signed("withdraw", self.withdraw)),
+            web.post("/deposit", self._signed("deposit", self.deposit)),
+            web.post("/balance", self._signed("balance", self.balance)),
         ]
 
-    def _signed(self, callback: CallbackBody) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _signed(
+        self, endpoint: str, callback: CallbackBody
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         """Limit, verify, then parse: nothing is parsed before the signature holds."""
 
         async def handler(request: web.Request) -> web.Response:
-            if (request.content_length or 0) > BODY_BYTES_MAX:
-                return respond("BODY_TOO_LARGE")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return respond("BODY_TOO_LARGE")
-            headers = request.headers
-            if not self.key_ring.verify_signature(
-                headers.get("X-Public-Key"), headers.get("X-Signature"), body
-            ):
-                return respond("BAD_SIGNATURE")
-            try:
-                return await callback(decode_object(body), body)
-            except InvalidRequest as exc:
-                return respond("BAD_REQUEST", message=str(exc))
-            except (WalletUnavailable, *REDIS_UNREACHABLE) as exc:
-                log.warning("wallet unavailable on %s: %s", request.path, exc)
-                return respond("WALLET_UNAVAILABLE")
+            started = time.perf_counter()
+            answer = await self._answer(request, callback)
+            response = respond(answer.outcome, answer.data, answer.message)
+            self.metrics.observe_callback(
+                endpoint,
+                answer.action,
+                answer.outcome,
+                time.perf_counter() - started,
+                answer.replayed,
+            )
+            log_callback(
+                request.headers.get("X-Request-Id") or self._request_ids.next(),
+                endpoint,
+                answer.action,
+                answer.provider_tx_id,
+                response.status,
+                started,
+                answer.replayed,
+            )
+            return response
 
         return handler
 
-    async def auth(self, payload: dict[str, Any], body: bytes) -> web.Response:
+    async def _answer(self, request: web.Request, callback: CallbackBody) -> Answer:
+        if (request.content_length or 0) > BODY_BYTES_MAX:
+            return Answer("BODY_TOO_LARGE")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return Answer("BODY_TOO_LARGE")
+        headers = request.headers
+        if not self.key_ring.verify_signature(
+            headers.get("X-Public-Key"), headers.get("X-Signature"), body
+        ):
+            return Answer("BAD_SIGNATURE")
+        payload: dict[str, Any] = {}
+        try:
+            payload = decode_object(body)
+            return await callback(payload, body)
+        except InvalidRequest as exc:
+            action = _action_label(payload.get("action"))
+            return Answer("BAD_REQUEST", message=str(exc), action=action)
+        except (WalletUnavailable, *REDIS_UNREACHABLE) as exc:
+            log.warning("wallet unavailable on %s: %s", request.path, exc)
+            return Answer("WALLET_UNAVAILABLE", action=_action_label(payload.get("action")))
+
+    async def auth(self, payload: dict[str, Any], body: bytes) -> Answer:
         outcome, data = await self.sessions.authenticate(AuthRequest.parse(payload))
-        return respond(outcome, data)
+        return Answer(outcome, data)
 
-    async def withdraw(self, payload: dict[str, Any], body: bytes) -> web.Response:
+    async def withdraw(self, payload: dict[str, Any], body: bytes) -> Answer:
         request = BetRequest.parse(payload)
-        reply = await self.wallet.debit_bet(request, body)
-        return money_response(reply, request.user_id, request.provider_tx_id)
+        return money_answer(await self.wallet.debit_bet(request, body), request)
 
-    async def deposit(self, payload: dict[str, Any], body: bytes) -> web.Response:
+    async def deposit(self, payload: dict[str, Any], body: bytes) -> Answer:
         action = payload.get("action")
         if action in WIN_ACTIONS:
             win = WinRequest.parse(payload)
-            reply = await self.wallet.credit_win(win, body)
-            return money_response(reply, win.user_id, win.provider_tx_id)
+            return money_answer(await self.wallet.credit_win(win, body), win)
         if action == ROLLBACK_ACTION:
             rollback = RollbackRequest.parse(payload)
-            reply = await self.wallet.roll_back(rollback, body)
-            return money_response(reply, rollback.user_id, rollback.provider_tx_id)
+            return money_answer(await self.wallet.roll_back(rollback, body), rollback)
         if action == CLOSE_ROUND_ACTION:
             close = CloseRoundRequest.parse(payload)
             reply = await self.wallet.close_round(close, body)
-            if reply.outcome != OK:
-                return respond(reply.outcome)
-            return respond(OK, {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id})
+            answer = Answer(
+                reply.outcome,
+                action=close.action,
+                provider_tx_id=close.provider_tx_id,
+                replayed=reply.replayed,
+            )
+            if reply.outcome == OK:
+                answer.data = {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id}
+            return answer
         raise InvalidRequest("action must be one of WIN, FREE_BET_WIN, ROLL_BACK, CLOSE_ROUND")
 
-    async def balance(self, payload: dict[str, Any], body: bytes) -> web.Response:
+    async def balance(self, payload: dict[str, Any], body: bytes) -> Answer:
         request = BalanceRequest.parse(payload)
         player = await self.wallet.get_player(request.user_id)
         if player is None:
-            return respond("UNKNOWN_USER")
+            return Answer("UNKNOWN_USER")
         if request.currency is not None and request.currency != player.currency:
-            return respond("CURRENCY_MISMATCH")
-        return respond(OK, {"currency": player.currency, "amount": player.balance_millis})
+            return Answer("CURRENCY_MISMATCH")
+        return Answer(OK, {"currency": player.currency, "amount": player.balance_millis})
+
+
+def _action_label(value: Any) -> str:
+    """A metrics label from an unvalidated field: only known actions, so labels stay few."""
+    return value if value in BET_ACTIONS or value in DEPOSIT_ACTIONS else ""

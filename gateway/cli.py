@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 
 from gateway import server
+from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack, ensure_credentials
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args)
-        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+        configure_logging(settings.log_level)
         command, _ = COMMANDS[args.command]
         return command(settings)
     except (ValueError, OSError, RuntimeError) as exc:

@@ -46,6 +46,9 @@ class Scripts:
             }
         )
 
+    def shas(self) -> list[str]:
+        return [getattr(self, name).sha for name in MONEY_SCRIPTS + PLAIN_SCRIPTS]
+
     async def load_all(self, redis: Redis) -> None:
         """SCRIPT LOAD everything up front, so the first callbacks need no NOSCRIPT round trip."""
         for name in MONEY_SCRIPTS + PLAIN_SCRIPTS:

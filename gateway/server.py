@@ -43,7 +43,7 @@ async def serve(
     stop = asyncio.Event()
     _stop_on_signals(stop)
     services = Services.create(settings)
-    await services.wallet.start()
+    await services.start()
     runners = [
         await _start_site(
             create_gateway_app(services), settings.gateway_host, settings.gateway_port

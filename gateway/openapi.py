@@ -1,0 +1,626 @@
+"""The OpenAPI 3.1 description of both listeners: the provider's four signed callbacks and the
+operator's admin API. Served as `/openapi.json` on the admin listener.
+
+Built in code so that its limits, actions and messages are the ones the gateway enforces;
+tests/test_openapi.py checks real responses of the running app against it.
+"""
+
+from typing import Any
+
+from gateway.callbacks import BODY_BYTES_MAX
+from gateway.outcomes import INCIDENT_OUTCOMES, OUTCOMES
+from gateway.schemas import (
+    AMOUNT_MILLIS_MAX,
+    BET_ACTIONS,
+    CLOSE_ROUND_ACTION,
+    COEFFICIENTS_ATTRIBUTE,
+    IDENTIFIER_CHARS_MAX,
+    ROLLBACK_ACTION,
+    STAKES_ATTRIBUTE,
+    WIN_ACTIONS,
+)
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.3"  # the provider's wallet protocol version this gateway speaks
+
+CALLBACK_SERVER = {
+    "url": "http://{host}:{port}",
+    "description": "callback listener (GATEWAY_HOST / GATEWAY_PORT)",
+    "variables": {"host": {"default": "localhost"}, "port": {"default": "8080"}},
+}
+ADMIN_SERVER = {
+    "url": "http://{host}:{port}",
+    "description": "admin listener (ADMIN_HOST / ADMIN_PORT)",
+    "variables": {"host": {"default": "localhost"}, "port": {"default": "8081"}},
+}
+
+SIGNED = [{"publicKey": [], "signature": []}]  # both headers on every callback
+BEARER = [{"adminToken": []}]
+PUBLIC: list[dict[str, list[str]]] = []  # probes, scrapers and this document need no token
+
+JSON = "application/json"
+PROMETHEUS_TEXT = "text/plain"
+
+ERROR_STATUSES = sorted({status for status, _ in OUTCOMES.values() if status >= 300})
+# statuses whose message may say more than the outcome's default one
+DETAILED_MESSAGE_STATUSES = {400: "the bad field and why", 502: "what the provider did"}
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict[str, str]:
+    return _ref("schemas", name)
+
+
+def _object(
+    properties: dict[str, Any], required: tuple[str, ...] = (), closed: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """An object schema; `closed` ones are answers whose every field is listed here."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _request_object(properties: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
+    # The provider may add fields: unknown ones are ignored (PROTOCOL.md §1).
+    return _object(properties, required, closed=False)
+
+
+def _messages_of(status: int) -> list[str]:
+    return sorted({message for code, message in OUTCOMES.values() if code == status})
+
+
+def _success(status: int, data: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            JSON: {
+                "schema": _object(
+                    {
+                        "code": {"const": status},
+                        "message": {"type": "string"},
+                        "data": data,
+                    },
+                    ("code", "message", "data"),
+                )
+            }
+        },
+    }
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    messages = "; ".join(f"`{message}`" for message in _messages_of(status))
+    if status in DETAILED_MESSAGE_STATUSES:
+        messages += f", or one naming {DETAILED_MESSAGE_STATUSES[status]}"
+    return {
+        "description": f"error envelope, `data` is null. Messages: {messages}",
+        "content": {
+            JSON: {
+                "schema": {
+                    "allOf": [_schema("ErrorEnvelope"), {"properties": {"code": {"const": status}}}]
+                }
+            }
+        },
+    }
+
+
+def _responses(success: dict[str, dict[str, Any]], errors: tuple[int, ...]) -> dict[str, Any]:
+    responses = dict(success)
+    for status in errors:
+        responses[str(status)] = _ref("responses", f"Error{status}")
+    return responses
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def _path_parameter(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": _schema("IdentifierText"),
+    }
+
+
+def _components() -> dict[str, Any]:
+    identifier_text = {"type": "string", "minLength": 1, "maxLength": IDENTIFIER_CHARS_MAX}
+    money = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MILLIS_MAX}
+    identifier = _schema("Identifier")
+    currency = _schema("Currency")
+    attribute_values = {
+        "description": 'a native array, or a string holding its JSON (`"[0,2.35]"`)',
+        "anyOf": [{"type": "array"}, {"type": "string"}],
+    }
+    attribute_names = (COEFFICIENTS_ATTRIBUTE, STAKES_ATTRIBUTE)
+    schemas: dict[str, Any] = {
+        "Identifier": {
+            "description": f"1..{IDENTIFIER_CHARS_MAX} printable characters; a JSON integer "
+            "is accepted and normalised to its decimal string",
+            "anyOf": [identifier_text, {"type": "integer"}],
+        },
+        "IdentifierText": identifier_text,
+        "MoneyMillis": {
+            **money,
+            "description": "integer millis (1/1000 of the currency unit: 5.44 USD is 5440); a "
+            "float (even 10.0), a numeric string or a boolean is a 400",
+        },
+        "BalanceMillis": {"type": "integer", "minimum": 0, "description": "millis"},
+        "Currency": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217"},
+        "AuthRequest": _request_object(
+            {
+                "session_token": identifier,
+                "user_token": {
+                    **identifier,
+                    "description": "the one-time launch token; binds an unknown session_token "
+                    "to its player",
+                },
+                "platform": {"type": "string"},
+                "currency": currency,
+                "game": {"type": "string"},
+            },
+            ("session_token",),
+        ),
+        "BetRequest": _request_object(
+            {
+                "user_id": identifier,
+                "session_token": identifier,
+                "amount": {
+                    **_schema("MoneyMillis"),
+                    "description": "stake; at least 1 for BET, at most the player's maxbet",
+                },
+                "currency": currency,
+                "provider_tx_id": {**identifier, "description": "the idempotency key"},
+                "round_id": identifier,
+                "game": identifier,
+                "action": {
+                    "enum": sorted(BET_ACTIONS),
+                    "description": "FREE_BET is recorded but does not move the real balance",
+                },
+                "action_id": {},
+                "platform": {"type": "string"},
+            },
+            (
+                "user_id",
+                "session_token",
+                "amount",
+                "currency",
+                "provider_tx_id",
+                "round_id",
+                "game",
+                "action",
+            ),
+        ),
+        "WinDeposit": _request_object(
+            {
+                "action": {"enum": sorted(WIN_ACTIONS)},
+                "user_id": identifier,
+                "amount": _schema("MoneyMillis"),
+                "currency": currency,
+                "provider_tx_id": identifier,
+                "round_id": identifier,
+                "game": identifier,
+                "session_token": identifier,
+                "withdraw_provider_tx_id": {**identifier, "description": "the bet it settles"},
+            },
+            ("action", "user_id", "amount", "currency", "provider_tx_id", "round_id", "game"),
+        ),
+        "RollbackDeposit": _request_object(
+            {
+                "action": {"const": ROLLBACK_ACTION},
+                "user_id": identifier,
+                "provider_tx_id": identifier,
+                "withdraw_provider_tx_id": {**identifier, "description": "the voided bet"},
+                "round_id": identifier,
+                "game": identifier,
+                "amount": {
+                    **_schema("MoneyMillis"),
+                    "description": "if given, must equal the recorded stake (else 409)",
+                },
+                "currency": currency,
+            },
+            ("action", "user_id", "provider_tx_id", "withdraw_provider_tx_id", "round_id", "game"),
+        ),
+        "CloseRoundDeposit": _request_object(
+            {
+                "action": {"const": CLOSE_ROUND_ACTION},
+                "provider_tx_id": {
+                    **identifier,
+                    "description": "`{round_id}-{operator_id}-close-round`",
+                },
+                "round_id": identifier,
+                "game": identifier,
+                "amount": {"const": 0, "description": "no money moves"},
+                "attributes": {
+                    "description": f"{COEFFICIENTS_ATTRIBUTE} (per-bet cash-out multipliers, "
+                    f"0 = lost) and {STAKES_ATTRIBUTE} (per-bet stakes in millis), "
+                    "positionally aligned, of equal length",
+                    "oneOf": [
+                        _object(
+                            dict.fromkeys(attribute_names, attribute_values),
+                            attribute_names,
+                            closed=False,
+                        ),
+                        {
+                            "type": "array",
+                            "items": _object(
+                                {"name": {"type": "string"}, "value": attribute_values},
+                                ("name", "value"),
+                                closed=False,
+                            ),
+                        },
+                    ],
+                },
+            },
+            ("action", "provider_tx_id", "round_id", "game", "amount", "attributes"),
+        ),
+        "DepositRequest": {
+            "oneOf": [
+                _schema("WinDeposit"),
+                _schema("RollbackDeposit"),
+                _schema("CloseRoundDeposit"),
+            ],
+            "discriminator": {
+                "propertyName": "action",
+                "mapping": {
+                    **{action: "#/components/schemas/WinDeposit" for action in sorted(WIN_ACTIONS)},
+                    ROLLBACK_ACTION: "#/components/schemas/RollbackDeposit",
+                    CLOSE_ROUND_ACTION: "#/components/schemas/CloseRoundDeposit",
+                },
+            },
+        },
+        "BalanceRequest": _request_object(
+            {"user_id": identifier, "session_token": identifier, "currency": currency},
+            ("user_id",),
+        ),
+        "AuthData": _object(
+            {
+                "user_id": _schema("IdentifierText"),
+                "username": {"type": "string"},
+                "currency": currency,
+                "balance": _schema("BalanceMillis"),
+                "maxbet": {**money, "description": "the player's limit or the default"},
+            },
+            ("user_id", "username", "currency", "balance", "maxbet"),
+        ),
+        "MoneyData": _object(
+            {
+                "user_id": _schema("IdentifierText"),
+                "currency": currency,
+                "new_balance": _schema("BalanceMillis"),
+                "provider_tx_id": _schema("IdentifierText"),
+                "operator_tx_id": {"type": "string", "minLength": 1},
+            },
+            ("user_id", "currency", "new_balance", "provider_tx_id", "operator_tx_id"),
+        ),
+        "CloseRoundData": _object(
+            {"provider_tx_id": _schema("IdentifierText"), "round_id": _schema("IdentifierText")},
+            ("provider_tx_id", "round_id"),
+        ),
+        "BalanceData": _object(
+            {"currency": currency, "amount": _schema("BalanceMillis")}, ("currency", "amount")
+        ),
+        "ErrorEnvelope": _object(
+            {
+                "code": {"enum": ERROR_STATUSES},
+                "message": {"type": "string", "minLength": 1},
+                "data": {"type": "null"},
+            },
+            ("code", "message", "data"),
+            description="every error: the HTTP status equals `code`, `data` is null",
+        ),
+        "CreatePlayerRequest": _request_object(
+            {
+                "user_id": identifier,
+                "currency": currency,
+                "username": {"type": "string", "description": "default: the user_id"},
+                "balance": {**_schema("MoneyMillis"), "description": "opening balance, default 0"},
+                "maxbet": {**_schema("MoneyMillis"), "description": "default: the configured one"},
+            },
+            ("user_id", "currency"),
+        ),
+        "Player": _object(
+            {
+                "user_id": _schema("IdentifierText"),
+                "username": {"type": "string"},
+                "currency": currency,
+                "balance": _schema("BalanceMillis"),
+                "maxbet": money,
+            },
+            ("user_id", "username", "currency", "balance", "maxbet"),
+        ),
+        "AdjustmentRequest": _request_object(
+            {
+                "amount": {
+                    "type": "integer",
+                    "minimum": -AMOUNT_MILLIS_MAX,
+                    "maximum": AMOUNT_MILLIS_MAX,
+                    "not": {"const": 0},
+                    "description": "signed millis: + the cashier's deposit, - a withdrawal",
+                },
+                "reference": {
+                    **identifier,
+                    "description": "idempotency key: the same reference and amount answer the "
+                    "same balance; a refused debit (402) is not stored",
+                },
+            },
+            ("amount", "reference"),
+        ),
+        "AdjustmentData": _object({"balance": _schema("BalanceMillis")}, ("balance",)),
+        "OpenSessionRequest": _request_object({"user_id": identifier}, ("user_id",)),
+        "SessionData": _object(
+            {
+                "session_token": {"type": "string", "minLength": 1},
+                "user_token": {"type": "string", "minLength": 1},
+            },
+            ("session_token", "user_token"),
+        ),
+        "LaunchRequest": _request_object(
+            {
+                "user_id": identifier,
+                "game": identifier,
+                "platform": {"enum": ["mobile", "desktop"]},
+                "portal_mode": {"enum": ["real", "demo"]},
+                "return_url": identifier,
+                "language": {**identifier, "description": "ISO 639-1"},
+            },
+            ("user_id", "game", "platform", "portal_mode", "return_url", "language"),
+        ),
+        "LaunchData": _object(
+            {
+                "launch_url": {"type": "string", "minLength": 1},
+                "session_token": _schema("IdentifierText"),
+            },
+            ("launch_url", "session_token"),
+        ),
+        "Incident": _object(
+            {
+                "kind": {"enum": sorted(INCIDENT_OUTCOMES)},
+                "provider_tx_id": {"type": "string"},
+                "user_id": {"type": "string"},
+                "action": {"type": "string"},
+                "referenced_tx_id": {"type": "string"},
+                "request": {"type": "string", "description": "the refused request's raw body"},
+                "recorded": {"description": "what the wallet had recorded (the bet's body)"},
+                "ts": {"type": "integer", "description": "milliseconds since the epoch"},
+            },
+            ("kind", "provider_tx_id", "user_id", "action", "ts"),
+            closed=False,
+        ),
+        "DepositData": {"oneOf": [_schema("MoneyData"), _schema("CloseRoundData")]},
+        "IncidentList": _object(
+            {"incidents": {"type": "array", "items": _schema("Incident")}}, ("incidents",)
+        ),
+    }
+    return {
+        "schemas": schemas,
+        "responses": {f"Error{status}": _error_response(status) for status in ERROR_STATUSES},
+        "securitySchemes": {
+            "publicKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Public-Key",
+                "description": "which operator key pair signed the body",
+            },
+            "signature": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Signature",
+                "description": "standard Base64 of HMAC-SHA256 keyed with the secret's UTF-8 "
+                "bytes, over the exact raw body bytes",
+            },
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"},
+        },
+    }
+
+
+def _callback(
+    summary: str,
+    request: str,
+    data: str,
+    errors: tuple[int, ...],
+    description: str,
+) -> dict[str, Any]:
+    return {
+        "servers": [CALLBACK_SERVER],
+        "post": {
+            "tags": ["callbacks"],
+            "summary": summary,
+            "description": description,
+            "security": SIGNED,
+            "requestBody": {
+                **_json_body(_schema(request)),
+                "description": f"JSON object of at most {BODY_BYTES_MAX} bytes (413 beyond)",
+            },
+            "responses": _responses({"200": _success(200, _schema(data), "success")}, errors),
+        },
+    }
+
+
+def _admin(
+    method: str,
+    summary: str,
+    success: dict[str, dict[str, Any]],
+    errors: tuple[int, ...],
+    request: str | None = None,
+    parameters: tuple[dict[str, Any], ...] = (),
+    tags: tuple[str, ...] = ("admin",),
+    security: list[dict[str, list[str]]] = BEARER,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": list(tags),
+        "summary": summary,
+        "security": security,
+        "responses": _responses(success, errors),
+    }
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if request is not None:
+        operation["requestBody"] = _json_body(_schema(request))
+    return {method: operation}
+
+
+def _paths() -> dict[str, Any]:
+    user_id = _path_parameter("user_id", "the player")
+    any_data = {"type": ["object", "null"]}
+    return {
+        "/auth": _callback(
+            "Authenticate a session",
+            "AuthRequest",
+            "AuthData",
+            (400, 401, 404, 413, 503),
+            "An unknown session_token with a valid, unused user_token binds the session to "
+            "that player. Unknown session: 404; expired or closed: 401.",
+        ),
+        "/withdraw": _callback(
+            "Place a bet (BET, FREE_BET)",
+            "BetRequest",
+            "MoneyData",
+            (400, 401, 402, 404, 409, 413, 503),
+            "Idempotent on provider_tx_id: a retry with the same content gets the original "
+            "status and body; different content is a 409.",
+        ),
+        "/deposit": _callback(
+            "Settle: WIN, FREE_BET_WIN, ROLL_BACK, CLOSE_ROUND",
+            "DepositRequest",
+            "DepositData",
+            (400, 401, 404, 409, 413, 503),
+            "`action` decides the request's fields. Wins and rollbacks answer MoneyData, "
+            "CLOSE_ROUND answers CloseRoundData. Idempotent on provider_tx_id.",
+        ),
+        "/balance": _callback(
+            "Read a balance",
+            "BalanceRequest",
+            "BalanceData",
+            (400, 401, 404, 413, 503),
+            "Read-only; no idempotency record.",
+        ),
+        "/admin/players": _admin(
+            "post",
+            "Create a player",
+            {"201": _success(201, _schema("Player"), "created")},
+            (400, 401, 409, 503),
+            request="CreatePlayerRequest",
+        ),
+        "/admin/players/{user_id}": _admin(
+            "get",
+            "A player's wallet",
+            {"200": _success(200, _schema("Player"), "the player")},
+            (401, 404, 503),
+            parameters=(user_id,),
+        ),
+        "/admin/players/{user_id}/adjustments": _admin(
+            "post",
+            "Cashier deposit or withdrawal",
+            {"200": _success(200, _schema("AdjustmentData"), "applied (or replayed)")},
+            (400, 401, 402, 404, 409, 503),
+            request="AdjustmentRequest",
+            parameters=(user_id,),
+        ),
+        "/admin/players/{user_id}/transactions": _admin(
+            "get",
+            "A player's transaction history",
+            {"200": _success(200, {"type": "object"}, "the player's transactions")},
+            (400, 401, 404, 503),
+            parameters=(user_id,),
+        ),
+        "/admin/sessions": _admin(
+            "post",
+            "Open a session directly (development and tests), with a one-time user_token",
+            {"201": _success(201, _schema("SessionData"), "the new live session")},
+            (400, 401, 404, 503),
+            request="OpenSessionRequest",
+        ),
+        "/admin/launch": _admin(
+            "post",
+            "Launch a game at the provider and open its session",
+            {"200": _success(200, _schema("LaunchData"), "where to send the player")},
+            (400, 401, 404, 502, 503),
+            request="LaunchRequest",
+        ),
+        "/admin/incidents": _admin(
+            "get",
+            "The most recent incidents (money conflicts to resolve by hand), newest first",
+            {"200": _success(200, _schema("IncidentList"), "incidents")},
+            (401, 503),
+        ),
+        "/admin/rounds/{round_id}": _admin(
+            "get",
+            "A round: its bets, wins, rollbacks and post-round reconciliation",
+            {"200": _success(200, {"type": "object"}, "the round")},
+            (400, 401, 404, 503),
+            parameters=(_path_parameter("round_id", "the provider's round"),),
+        ),
+        "/healthz": _admin(
+            "get",
+            "Liveness: the process answers",
+            {"200": _success(200, any_data, "alive")},
+            (),
+            tags=("operations",),
+            security=PUBLIC,
+        ),
+        "/readyz": _admin(
+            "get",
+            "Readiness: the hot wallet answers",
+            {"200": _success(200, any_data, "ready")},
+            (503,),
+            tags=("operations",),
+            security=PUBLIC,
+        ),
+        "/metrics": _admin(
+            "get",
+            "Prometheus metrics",
+            {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}},
+                }
+            },
+            (),
+            tags=("operations",),
+            security=PUBLIC,
+        ),
+        "/openapi.json": _admin(
+            "get",
+            "This document",
+            {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                }
+            },
+            (),
+            tags=("operations",),
+            security=PUBLIC,
+        ),
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh dict each call: callers may serialise or change it freely."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "wallet-gateway",
+            "version": API_VERSION,
+            "description": "Seamless-wallet gateway. The provider's signed callbacks (PROTOCOL.md) "
+            "on the callback listener; the operator's admin API on the admin listener. Every "
+            "JSON answer is the envelope `{code, message, data}` with the HTTP status equal to "
+            "`code`; errors carry `data: null`. All money is integer millis.",
+        },
+        "servers": [ADMIN_SERVER],
+        "tags": [
+            {"name": "callbacks", "description": "signed calls from the game provider"},
+            {"name": "admin", "description": "the operator's API, bearer token"},
+            {"name": "operations", "description": "probes, metrics and this document"},
+        ],
+        "paths": _paths(),
+        "components": _components(),
+    }

@@ -1,0 +1,80 @@
+"""What operations tooling reads on the admin listener, without the admin token: liveness,
+readiness, Prometheus metrics and the OpenAPI document."""
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from gateway.callbacks import respond
+from gateway.metrics import Metrics
+from gateway.openapi import openapi_document
+from gateway.outcomes import OK
+from gateway.scripts import Scripts
+
+PROBE_TIMEOUT_SECONDS = 1.0
+# probes, scrapers and the API document need no admin token
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+class OperationsApi:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, metrics: Metrics, pool: asyncpg.Pool | None
+    ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.metrics = metrics
+        self.pool = pool
+        self._openapi = web.json_response(openapi_document()).body
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics_text),
+            web.get("/openapi.json", self.openapi),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return respond(OK, {"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready = Redis answers and holds our scripts. PostgreSQL is reported, not required:
+        the wallet runs without it for a while and the streams buffer the history."""
+        redis_ready = await self.redis_ready()
+        checks: dict[str, Any] = {"redis": redis_ready, "postgres": await self.postgres_ready()}
+        if not redis_ready:
+            return respond("WALLET_UNAVAILABLE", message=f"not ready: {checks}")
+        return respond(OK, checks)
+
+    async def redis_ready(self) -> bool:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                loaded = await self.redis.script_exists(*self.scripts.shas())
+        except Exception:  # any failure means not ready; the reason is in the Redis logs
+            self.metrics.redis_up.set(0)
+            return False
+        self.metrics.redis_up.set(1)
+        return all(loaded)
+
+    async def postgres_ready(self) -> bool | None:
+        """None when no database is configured."""
+        if self.pool is None:
+            return None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                await self.pool.fetchval("SELECT 1")
+        except Exception:
+            self.metrics.postgres_up.set(0)
+            return False
+        self.metrics.postgres_up.set(1)
+        return True
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
