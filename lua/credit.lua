@@ -1,5 +1,5 @@
 -- WIN / FREE_BET_WIN. KEYS[4] player, KEYS[5] record of the referenced bet (player's shard),
--- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list.
+-- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet.
 -- Settlement is never refused for an expired session: no session is checked.
 local seen = replay_or_conflict()
 if seen then return seen end
@@ -16,6 +16,12 @@ if ref_id ~= '' then
   if bet_owner and bet_owner ~= user_id then
     record_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner)
     return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
+  end
+  -- a rollback that overtook the bet voided it: the bet never charged, its win must not pay
+  local voided_by = redis.call('GET', KEYS[8])
+  if voided_by then
+    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by)
+    return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
   end
   local bet = redis.call('HMGET', KEYS[5], 'state', 'req')
   if bet[1] == 'rolledback' then

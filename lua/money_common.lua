@@ -7,6 +7,10 @@
 local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, fingerprint,
       now_ms, operator_tx_id, retention_ms, request_body = unpack(ARGV, 1, 13)
 local INCIDENTS_KEPT_MAX = 10000
+-- Who a tx id belongs to: its player; a CLOSE_ROUND has none, so its round (records of two
+-- rounds may sit in different shards). \31 never occurs in an identifier: no player id clashes.
+local owner_id = user_id
+if user_id == '' then owner_id = '\31round\31' .. round_id end
 
 -- Lua numbers print as 1e+15; money is always written as an integer's digits.
 local function int_text(n)
@@ -24,7 +28,7 @@ local function replay_or_conflict()
     return {'TX_CONFLICT', 0, '', '', 0}
   end
   local owner = redis.call('GET', KEYS[2])
-  if owner and owner ~= user_id then
+  if owner and owner ~= owner_id then
     return {'TX_CONFLICT', 0, '', '', 0}
   end
   return nil
@@ -42,7 +46,7 @@ local function finish(outcome, balance, currency, delta, extra)
   for i = 1, #extra do fields[#fields + 1] = extra[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('PEXPIRE', KEYS[1], retention_ms)
-  redis.call('SET', KEYS[2], user_id, 'PX', retention_ms)
+  redis.call('SET', KEYS[2], owner_id, 'PX', retention_ms)
   redis.call('XADD', KEYS[3], '*', 'kind', 'tx', 'tx', tx_id, unpack(fields))
   return {outcome, balance, operator_tx_id, currency, 0}
 end

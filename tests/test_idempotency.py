@@ -1,0 +1,328 @@
+"""Idempotency on provider_tx_id (PROTOCOL.md §5): a retry gets the original response byte for
+byte; the same key with different content is a 409 and moves nothing."""
+
+from typing import Any
+
+import orjson
+import pytest
+from payloads import bet, rollback, win
+
+from gateway.keys import shard_of
+
+
+def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
+    """A user id whose keys land in `shard`."""
+    for n in range(10_000):
+        user_id = f"{prefix}-{n}"
+        if shard_of(user_id, shards) == shard:
+            return user_id
+    raise AssertionError("no user id for that shard")
+
+
+async def player_with_session(admin: Any, user_id: str, balance: int = 10_000) -> str:
+    await admin.create_player(user_id, balance)
+    return await admin.open_session(user_id)
+
+
+async def incidents(admin: Any) -> list[dict[str, Any]]:
+    status, body = await admin.call("GET", "/admin/incidents")
+    assert status == 200, body
+    return body["data"]["incidents"]
+
+
+async def top_up(admin: Any, user_id: str, amount: int, reference: str) -> None:
+    status, body = await admin.call(
+        "POST", f"/admin/players/{user_id}/adjustments", {"amount": amount, "reference": reference}
+    )
+    assert status == 200, body
+
+
+async def incident_metric(admin: Any, kind: str) -> float:
+    """wallet_incidents_total for one kind, from /metrics on the admin listener."""
+    response = await admin.client.get("/metrics", headers=admin.headers)
+    assert response.status == 200
+    prefix = f'wallet_incidents_total{{kind="{kind}"}} '
+    for line in (await response.text()).splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return 0.0
+
+
+async def post_twice(
+    provider: Any, path: str, payload: dict[str, Any]
+) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    body = orjson.dumps(payload)
+    return await provider.post_raw(path, body), await provider.post_raw(path, body)
+
+
+# --- a retry gets the original response ---------------------------------------------------------
+
+
+async def test_bet_retry_gets_the_original_response_byte_for_byte_and_debits_once(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    first, retry = await post_twice(provider, "/withdraw", bet("alice", session, "b1", 1_000))
+    assert first[0] == 200
+    assert retry == first
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_bet_retry_after_the_balance_changed_replays_the_original_balance(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    body = orjson.dumps(bet("alice", session, "b1", 1_000))
+    first = await provider.post_raw("/withdraw", body)
+    await provider.post("/withdraw", bet("alice", session, "b2", 2_000))
+    await provider.post("/deposit", win("alice", "w1", "b2", 500))
+    await top_up(admin, "alice", 3_000, "cash-1")
+    assert await admin.balance("alice") == 10_500
+    retry = await provider.post_raw("/withdraw", body)
+    assert retry == first
+    assert orjson.loads(retry[1])["data"]["new_balance"] == 9_000
+    assert await admin.balance("alice") == 10_500
+
+
+async def test_win_retry_gets_the_original_response_and_credits_once(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    body = orjson.dumps(win("alice", "w1", "b1", 2_500))
+    first = await provider.post_raw("/deposit", body)
+    await provider.post("/withdraw", bet("alice", session, "b2", 4_000))
+    retry = await provider.post_raw("/deposit", body)
+    assert first[0] == 200
+    assert retry == first
+    assert await admin.balance("alice") == 7_500
+
+
+async def test_rollback_retry_gets_the_original_response_and_refunds_once(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    first, retry = await post_twice(provider, "/deposit", rollback("alice", "rb1", "b1"))
+    assert first[0] == 200
+    assert retry == first
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_insufficient_funds_is_replayed_as_402_even_after_a_top_up(provider, admin):
+    session = await player_with_session(admin, "alice", 500)
+    body = orjson.dumps(bet("alice", session, "b1", 1_000))
+    first = await provider.post_raw("/withdraw", body)
+    assert first[0] == 402
+    assert orjson.loads(first[1]) == {
+        "code": 402,
+        "message": "Insufficient player balance",
+        "data": None,
+    }
+    await top_up(admin, "alice", 10_000, "cash-1")
+    retry = await provider.post_raw("/withdraw", body)
+    assert retry == first
+    assert await admin.balance("alice") == 10_500
+
+
+async def test_over_maxbet_is_replayed_as_400(provider, admin):
+    await admin.create_player("alice", 100_000, maxbet=1_000)
+    session = await admin.open_session("alice")
+    first, retry = await post_twice(provider, "/withdraw", bet("alice", session, "b1", 2_000))
+    assert first[0] == 400
+    assert retry == first
+    assert await admin.balance("alice") == 100_000
+
+
+async def test_bet_voided_by_rollback_is_replayed_as_409(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    first, retry = await post_twice(provider, "/withdraw", bet("alice", session, "b1", 1_000))
+    assert first[0] == 409
+    assert retry == first
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_retry_with_reordered_json_fields_is_still_the_same_content(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    payload = bet("alice", session, "b1", 1_000)
+    first = await provider.post_raw("/withdraw", orjson.dumps(payload))
+    reordered = dict(reversed(list(payload.items())))
+    retry = await provider.post_raw("/withdraw", orjson.dumps(reordered))
+    assert retry == first
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_retry_of_a_bet_after_its_session_closed_still_replays_the_success(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    body = orjson.dumps(bet("alice", session, "b1", 1_000))
+    first = await provider.post_raw("/withdraw", body)
+    await admin.open_session("alice")  # a new launch closes the old session
+    retry = await provider.post_raw("/withdraw", body)
+    assert first[0] == 200
+    assert retry == first
+    assert await admin.balance("alice") == 9_000
+
+
+# --- same key, different content ----------------------------------------------------------------
+
+
+BET_CHANGES = {
+    "action": {"action": "FREE_BET"},
+    "amount": {"amount": 1_001},
+    "currency": {"currency": "EUR"},
+    "round_id": {"round_id": "another-round"},
+    "game": {"game": "chicken-race"},
+}
+
+
+@pytest.mark.parametrize("field", sorted(BET_CHANGES))
+async def test_bet_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
+    provider, admin, field
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    original = bet("alice", session, "b1", 1_000)
+    first = await provider.post_raw("/withdraw", orjson.dumps(original))
+    status, body = await provider.post("/withdraw", {**original, **BET_CHANGES[field]})
+    assert status == 409, body
+    assert body["code"] == 409 and body["data"] is None
+    assert await admin.balance("alice") == 9_000
+    # the original content still replays the original
+    assert await provider.post_raw("/withdraw", orjson.dumps(original)) == first
+
+
+@pytest.mark.parametrize("layout", ["same_shard", "different_shards"])
+async def test_tx_id_reused_for_another_user_is_409_and_moves_nothing(provider, admin, layout):
+    alice = user_in_shard("alice", 5)
+    bob = user_in_shard("bob", 5 if layout == "same_shard" else 9)
+    alice_session = await player_with_session(admin, alice, 10_000)
+    bob_session = await player_with_session(admin, bob, 10_000)
+    status, _ = await provider.post("/withdraw", bet(alice, alice_session, "b1", 1_000))
+    assert status == 200
+    status, body = await provider.post("/withdraw", bet(bob, bob_session, "b1", 1_000))
+    assert status == 409, body
+    assert await admin.balance(alice) == 9_000
+    assert await admin.balance(bob) == 10_000
+    # a win under the same id for the other user is refused too
+    status, body = await provider.post("/deposit", win(bob, "b1", None, 1_000))
+    assert status == 409, body
+    assert await admin.balance(bob) == 10_000
+
+
+async def test_bet_tx_id_reused_as_a_win_is_409_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "t1", 1_000))
+    status, body = await provider.post("/deposit", win("alice", "t1", None, 1_000))
+    assert status == 409, body
+    assert await admin.balance("alice") == 9_000
+
+
+WIN_CHANGES = {
+    "action": {"action": "FREE_BET_WIN"},
+    "amount": {"amount": 2_001},
+    "currency": {"currency": "EUR"},
+    "round_id": {"round_id": "another-round"},
+    "withdraw_provider_tx_id": {"withdraw_provider_tx_id": "b2"},
+    "game": {"game": "chicken-race"},
+}
+
+
+@pytest.mark.parametrize("field", sorted(WIN_CHANGES))
+async def test_win_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
+    provider, admin, field
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await provider.post("/withdraw", bet("alice", session, "b2", 1_000))
+    original = win("alice", "w1", "b1", 2_000)
+    status, _ = await provider.post("/deposit", original)
+    assert status == 200
+    status, body = await provider.post("/deposit", {**original, **WIN_CHANGES[field]})
+    assert status == 409, body
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_win_reusing_tx_id_with_and_without_bet_reference_is_409(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    original = win("alice", "w1", "b1", 2_000)
+    await provider.post("/deposit", original)
+    without_reference = {k: v for k, v in original.items() if k != "withdraw_provider_tx_id"}
+    status, body = await provider.post("/deposit", without_reference)
+    assert status == 409, body
+    assert await admin.balance("alice") == 11_000
+
+
+ROLLBACK_CHANGES = {
+    "action": {"action": "WIN", "amount": 1_000, "currency": "USD"},
+    "amount": {"amount": 1_000},
+    "currency": {"currency": "USD"},
+    "round_id": {"round_id": "another-round"},
+    "withdraw_provider_tx_id": {"withdraw_provider_tx_id": "b2"},
+    "game": {"game": "chicken-race"},
+}
+
+
+@pytest.mark.parametrize("field", sorted(ROLLBACK_CHANGES))
+async def test_rollback_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
+    provider, admin, field
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await provider.post("/withdraw", bet("alice", session, "b2", 1_000))
+    original = rollback("alice", "rb1", "b1")
+    status, _ = await provider.post("/deposit", original)
+    assert status == 200
+    assert await admin.balance("alice") == 9_000
+    status, body = await provider.post("/deposit", {**original, **ROLLBACK_CHANGES[field]})
+    assert status == 409, body
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_refused_call_reused_with_different_content_is_409(provider, admin):
+    session = await player_with_session(admin, "alice", 500)
+    status, _ = await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    assert status == 402
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", 400))
+    assert status == 409, body
+    assert await admin.balance("alice") == 500
+
+
+async def test_conflict_leaves_no_record_so_the_original_content_still_applies(provider, admin):
+    """A 409 for different content is not stored under the key: the key stays the original's."""
+    session = await player_with_session(admin, "alice", 10_000)
+    first = await provider.post_raw("/withdraw", orjson.dumps(bet("alice", session, "b1", 1_000)))
+    for _ in range(2):
+        status, _ = await provider.post("/withdraw", bet("alice", session, "b1", 2_000))
+        assert status == 409
+    retry = await provider.post_raw("/withdraw", orjson.dumps(bet("alice", session, "b1", 1_000)))
+    assert retry == first
+    assert await admin.balance("alice") == 9_000
+
+
+# --- incidents are replayed, not repeated -------------------------------------------------------
+
+
+async def test_incident_409_is_replayed_without_a_second_incident(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await provider.post("/deposit", win("alice", "w1", "b1", 2_000))
+    first, retry = await post_twice(provider, "/deposit", rollback("alice", "rb1", "b1"))
+    assert first[0] == 409
+    assert retry == first
+    assert len(await incidents(admin)) == 1
+    assert await incident_metric(admin, "ROLLBACK_OF_WON_BET") == 1
+    assert await admin.balance("alice") == 11_000
+
+
+async def test_amount_mismatch_incident_is_replayed_without_a_second_incident(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    first, retry = await post_twice(provider, "/deposit", rollback("alice", "rb1", "b1", amount=1))
+    assert first[0] == 409
+    assert retry == first
+    assert [i["kind"] for i in await incidents(admin)] == ["AMOUNT_MISMATCH"]
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_cross_player_incident_is_replayed_without_a_second_incident(provider, admin):
+    alice_session = await player_with_session(admin, "alice", 10_000)
+    await admin.create_player("bob", 10_000)
+    await provider.post("/withdraw", bet("alice", alice_session, "b1", 1_000))
+    first, retry = await post_twice(provider, "/deposit", win("bob", "w1", "b1", 5_000))
+    assert first[0] == 409
+    assert retry == first
+    assert [i["kind"] for i in await incidents(admin)] == ["CROSS_PLAYER"]
+    assert await admin.balance("bob") == 10_000

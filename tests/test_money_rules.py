@@ -1,0 +1,583 @@
+"""Money movement on /withdraw and /deposit (PROTOCOL.md §4) and the money rules of §6."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import Provider
+from payloads import bet, rollback, win
+
+from gateway.app import Services, create_gateway_app
+from gateway.keys import shard_of
+from gateway.settings import Settings
+
+INSUFFICIENT_FUNDS = {"code": 402, "message": "Insufficient player balance", "data": None}
+SESSION_IDLE_SECONDS_SHORT = 1
+
+
+def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
+    """A user id whose keys land in `shard`."""
+    for n in range(10_000):
+        user_id = f"{prefix}-{n}"
+        if shard_of(user_id, shards) == shard:
+            return user_id
+    raise AssertionError("no user id for that shard")
+
+
+async def player_with_session(admin: Any, user_id: str, balance: int = 10_000, **extra: Any) -> str:
+    await admin.create_player(user_id, balance, **extra)
+    return await admin.open_session(user_id)
+
+
+async def incidents(admin: Any) -> list[dict[str, Any]]:
+    status, body = await admin.call("GET", "/admin/incidents")
+    assert status == 200, body
+    return body["data"]["incidents"]
+
+
+async def incident_metric(admin: Any, kind: str) -> float:
+    """wallet_incidents_total for one kind, from /metrics on the admin listener."""
+    response = await admin.client.get("/metrics", headers=admin.headers)
+    assert response.status == 200
+    prefix = f'wallet_incidents_total{{kind="{kind}"}} '
+    for line in (await response.text()).splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return 0.0
+
+
+def assert_error(status: int, body: dict[str, Any], code: int) -> None:
+    assert status == code, body
+    assert body["code"] == code
+    assert body["data"] is None
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def assert_ok(status: int, body: dict[str, Any], user_id: str, tx: str, new_balance: int) -> None:
+    assert status == 200, body
+    assert body["code"] == 200
+    data = body["data"]
+    assert data["user_id"] == user_id
+    assert data["currency"] == "USD"
+    assert data["new_balance"] == new_balance
+    assert data["provider_tx_id"] == tx
+    assert isinstance(data["operator_tx_id"], str) and data["operator_tx_id"]
+
+
+# --- /withdraw --------------------------------------------------------------------------------
+
+
+async def test_bet_debits_the_stake(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", 2_500))
+    assert_ok(status, body, "alice", "b1", 7_500)
+    assert await admin.balance("alice") == 7_500
+
+
+async def test_bets_get_distinct_operator_tx_ids(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    _, first = await provider.post("/withdraw", bet("alice", session, "b1", 100))
+    _, second = await provider.post("/withdraw", bet("alice", session, "b2", 100))
+    assert first["data"]["operator_tx_id"] != second["data"]["operator_tx_id"]
+
+
+async def test_bet_of_the_whole_balance_leaves_zero(provider, admin):
+    session = await player_with_session(admin, "alice", 1_000)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    assert_ok(status, body, "alice", "b1", 0)
+    assert await admin.balance("alice") == 0
+
+
+async def test_bet_over_balance_is_402_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 999)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    assert (status, body) == (402, INSUFFICIENT_FUNDS)
+    assert await admin.balance("alice") == 999
+
+
+async def test_bet_over_maxbet_is_400_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 100_000, maxbet=5_000)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", 5_001))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 100_000
+    status, body = await provider.post("/withdraw", bet("alice", session, "b2", 5_000))
+    assert_ok(status, body, "alice", "b2", 95_000)
+
+
+async def test_bet_over_default_maxbet_is_400(provider, admin, settings: Settings):
+    limit = settings.default_maxbet_millis
+    session = await player_with_session(admin, "alice", limit + 1)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", limit + 1))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == limit + 1
+
+
+async def test_bet_in_another_currency_is_400_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", currency="EUR"))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_free_bet_does_not_move_the_real_balance(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post(
+        "/withdraw", bet("alice", session, "fb1", 3_000, action="FREE_BET")
+    )
+    assert_ok(status, body, "alice", "fb1", 10_000)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_free_bet_larger_than_the_balance_is_accepted(provider, admin):
+    session = await player_with_session(admin, "alice", 0)
+    status, body = await provider.post(
+        "/withdraw", bet("alice", session, "fb1", 3_000, action="FREE_BET")
+    )
+    assert_ok(status, body, "alice", "fb1", 0)
+
+
+async def test_free_bet_is_recorded_and_its_rollback_refunds_nothing(provider, admin, services):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "fb1", 3_000, action="FREE_BET"))
+    shard = shard_of("alice", services.settings.shards)
+    record = await services.redis.hgetall(services.wallet.keys.tx(shard, "fb1"))
+    assert record["action"] == "FREE_BET"
+    assert record["stake"] == "3000"
+    # a rollback with the recorded stake is accepted (it agrees) and refunds 0
+    status, body = await provider.post("/deposit", rollback("alice", "rb1", "fb1", amount=3_000))
+    assert_ok(status, body, "alice", "rb1", 10_000)
+    assert await admin.balance("alice") == 10_000
+    # it was recorded as a bet: a second rollback finds it rolled back, still 0
+    status, body = await provider.post("/deposit", rollback("alice", "rb2", "fb1"))
+    assert_ok(status, body, "alice", "rb2", 10_000)
+
+
+async def test_bet_with_another_players_session_is_401(provider, admin):
+    await player_with_session(admin, "alice", 10_000)
+    bobs_session = await player_with_session(admin, "bob", 10_000)
+    status, body = await provider.post("/withdraw", bet("alice", bobs_session, "b1"))
+    assert_error(status, body, 401)
+    assert await admin.balance("alice") == 10_000
+    assert await admin.balance("bob") == 10_000
+
+
+async def test_bet_with_unknown_session_is_401(provider, admin):
+    await admin.create_player("alice", 10_000)
+    status, body = await provider.post("/withdraw", bet("alice", "no-such-session", "b1"))
+    assert_error(status, body, 401)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_bet_on_a_session_closed_by_a_new_launch_is_401(provider, admin):
+    old_session = await player_with_session(admin, "alice", 10_000)
+    new_session = await admin.open_session("alice")
+    status, body = await provider.post("/withdraw", bet("alice", old_session, "b1"))
+    assert_error(status, body, 401)
+    assert await admin.balance("alice") == 10_000
+    status, body = await provider.post("/withdraw", bet("alice", new_session, "b2"))
+    assert_ok(status, body, "alice", "b2", 9_000)
+
+
+async def test_bet_of_unknown_user_is_404(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post("/withdraw", bet("nobody", session, "b1"))
+    assert_error(status, body, 404)
+    assert await admin.balance("alice") == 10_000
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("amount", 10.0),
+        ("amount", "1000"),
+        ("amount", True),
+        ("amount", -1),
+        ("amount", 0),
+        ("amount", 10**15 + 1),
+        ("currency", "usd"),
+        ("provider_tx_id", ""),
+    ],
+)
+async def test_bet_with_ill_typed_field_is_400_and_moves_nothing(provider, admin, field, value):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1", **{field: value}))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 10_000
+
+
+# --- sessions that expire -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def provider_short_sessions(
+    services: Services, settings: Settings, aiohttp_client: Callable[..., Any]
+) -> AsyncIterator[Provider]:
+    """A gateway on the same Redis whose sessions expire after one idle second."""
+    short = Services.create(settings.replace(session_idle_seconds=SESSION_IDLE_SECONDS_SHORT))
+    await short.wallet.start()
+    client: TestClient = await aiohttp_client(create_gateway_app(short))
+    yield Provider(client)
+    await short.close()
+
+
+async def wait_for_session_expiry() -> None:
+    await asyncio.sleep(SESSION_IDLE_SECONDS_SHORT + 0.2)
+
+
+async def test_bet_on_an_expired_session_is_401_and_moves_nothing(provider_short_sessions, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider_short_sessions.post("/withdraw", bet("alice", session, "b1"))
+    assert_ok(status, body, "alice", "b1", 9_000)
+    await wait_for_session_expiry()
+    status, body = await provider_short_sessions.post("/withdraw", bet("alice", session, "b2"))
+    assert_error(status, body, 401)
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_win_after_the_session_expired_still_credits(provider_short_sessions, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider_short_sessions.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await wait_for_session_expiry()
+    status, body = await provider_short_sessions.post(
+        "/deposit", win("alice", "w1", "b1", 2_500, session_token=session)
+    )
+    assert_ok(status, body, "alice", "w1", 11_500)
+    assert await admin.balance("alice") == 11_500
+
+
+# --- /deposit WIN -------------------------------------------------------------------------------
+
+
+async def test_win_credits_the_real_balance(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    status, body = await provider.post("/deposit", win("alice", "w1", "b1", 2_350))
+    assert_ok(status, body, "alice", "w1", 11_350)
+    assert await admin.balance("alice") == 11_350
+
+
+async def test_free_bet_win_credits_the_real_balance(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "fb1", 1_000, action="FREE_BET"))
+    status, body = await provider.post(
+        "/deposit", win("alice", "w1", "fb1", 4_000, action="FREE_BET_WIN")
+    )
+    assert_ok(status, body, "alice", "w1", 14_000)
+    assert await admin.balance("alice") == 14_000
+
+
+async def test_win_of_zero_is_ok_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    status, body = await provider.post("/deposit", win("alice", "w1", "b1", 0))
+    assert_ok(status, body, "alice", "w1", 9_000)
+    assert await admin.balance("alice") == 9_000
+
+
+async def test_win_without_a_bet_reference_credits(provider, admin):
+    await admin.create_player("alice", 10_000)
+    status, body = await provider.post("/deposit", win("alice", "w1", None, 500))
+    assert_ok(status, body, "alice", "w1", 10_500)
+
+
+async def test_win_without_session_token_credits(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    payload = win("alice", "w1", "b1", 1_000)
+    assert "session_token" not in payload
+    status, body = await provider.post("/deposit", payload)
+    assert_ok(status, body, "alice", "w1", 10_000)
+
+
+async def test_win_in_another_currency_is_400_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    status, body = await provider.post("/deposit", win("alice", "w1", "b1", currency="EUR"))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 9_000
+
+
+@pytest.mark.parametrize("amount", [-1, 1.5, "100", None])
+async def test_win_with_bad_amount_is_400(provider, admin, amount):
+    await admin.create_player("alice", 10_000)
+    status, body = await provider.post("/deposit", win("alice", "w1", None, amount))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_deposit_with_unknown_action_is_400(provider, admin):
+    await admin.create_player("alice", 10_000)
+    status, body = await provider.post("/deposit", win("alice", "w1", None, action="JACKPOT"))
+    assert_error(status, body, 400)
+    assert await admin.balance("alice") == 10_000
+
+
+# --- §6 money rules -----------------------------------------------------------------------------
+
+
+async def test_rollback_refunds_the_recorded_stake(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_500))
+    status, body = await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    assert_ok(status, body, "alice", "rb1", 10_000)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_rollback_with_amount_equal_to_the_stake_refunds_it(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_500))
+    status, body = await provider.post(
+        "/deposit", rollback("alice", "rb1", "b1", amount=1_500, currency="USD")
+    )
+    assert_ok(status, body, "alice", "rb1", 10_000)
+
+
+async def test_rollback_of_unknown_bet_is_ok_unchanged_and_tombstones_the_bet(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    status, body = await provider.post("/deposit", rollback("alice", "rb1", "b-late"))
+    assert_ok(status, body, "alice", "rb1", 10_000)
+    assert await admin.balance("alice") == 10_000
+    # the bet arrives after its rollback: refused, nothing charged
+    status, body = await provider.post("/withdraw", bet("alice", session, "b-late", 1_000))
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 10_000
+    # and the refusal is what its retry gets
+    assert await provider.post("/withdraw", bet("alice", session, "b-late", 1_000)) == (
+        status,
+        body,
+    )
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_bet_tombstoned_by_another_players_rollback_is_409(provider, admin):
+    await admin.create_player("bob", 10_000)
+    alice_session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/deposit", rollback("bob", "rb1", "b-late"))
+    status, body = await provider.post("/withdraw", bet("alice", alice_session, "b-late"))
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 10_000
+
+
+async def test_rollback_of_a_refused_bet_refunds_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 500)
+    status, _ = await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    assert status == 402
+    status, body = await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    assert_ok(status, body, "alice", "rb1", 500)
+    assert await admin.balance("alice") == 500
+
+
+async def test_rollback_of_bet_already_rolled_back_under_another_tx_id_moves_nothing(
+    provider, admin
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    await provider.post("/withdraw", bet("alice", session, "b2", 3_000))
+    assert await admin.balance("alice") == 7_000
+    status, body = await provider.post("/deposit", rollback("alice", "rb2", "b1"))
+    assert_ok(status, body, "alice", "rb2", 7_000)
+    assert await admin.balance("alice") == 7_000
+    assert await incidents(admin) == []
+
+
+async def test_rollback_of_won_bet_is_conflict_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    await provider.post("/deposit", win("alice", "w1", "b1", 2_000))
+    assert await admin.balance("alice") == 11_000
+    rollback_payload = rollback("alice", "rb1", "b1")
+    status, body = await provider.post("/deposit", rollback_payload)
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 11_000
+
+
+async def test_rollback_of_won_bet_records_an_incident_with_both_payloads(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    bet_payload = bet("alice", session, "b1", 1_000)
+    await provider.post("/withdraw", bet_payload)
+    await provider.post("/deposit", win("alice", "w1", "b1", 2_000))
+    rollback_payload = rollback("alice", "rb1", "b1")
+    await provider.post("/deposit", rollback_payload)
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "ROLLBACK_OF_WON_BET"
+    assert incident["provider_tx_id"] == "rb1"
+    assert incident["referenced_tx_id"] == "b1"
+    assert incident["user_id"] == "alice"
+    assert incident_payload(incident["request"]) == rollback_payload
+    assert incident_payload(incident["recorded"]) == bet_payload
+
+
+def incident_payload(text: str) -> dict[str, Any]:
+    return orjson.loads(text)
+
+
+async def test_win_naming_a_rolled_back_bet_is_conflict_and_records_an_incident(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    bet_payload = bet("alice", session, "b1", 1_000)
+    await provider.post("/withdraw", bet_payload)
+    await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    assert await admin.balance("alice") == 10_000
+    win_payload = win("alice", "w1", "b1", 5_000)
+    status, body = await provider.post("/deposit", win_payload)
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 10_000
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "WIN_AFTER_ROLLBACK"
+    assert incident["provider_tx_id"] == "w1"
+    assert incident_payload(incident["request"]) == win_payload
+    assert incident_payload(incident["recorded"]) == bet_payload
+
+
+async def test_win_naming_a_bet_voided_before_it_arrived_is_conflict_and_an_incident(
+    provider, admin
+):
+    await admin.create_player("alice", 10_000)
+    await provider.post("/deposit", rollback("alice", "rb1", "b-voided"))
+    status, body = await provider.post("/deposit", win("alice", "w1", "b-voided", 5_000))
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 10_000
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "WIN_AFTER_ROLLBACK"
+    assert incident["referenced_tx_id"] == "b-voided"
+
+
+async def test_rollback_amount_differing_from_the_stake_is_conflict_and_an_incident(
+    provider, admin
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    bet_payload = bet("alice", session, "b1", 1_000)
+    await provider.post("/withdraw", bet_payload)
+    rollback_payload = rollback("alice", "rb1", "b1", amount=999)
+    status, body = await provider.post("/deposit", rollback_payload)
+    assert_error(status, body, 409)
+    assert await admin.balance("alice") == 9_000
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "AMOUNT_MISMATCH"
+    assert incident_payload(incident["request"]) == rollback_payload
+    assert incident_payload(incident["recorded"]) == bet_payload
+    # the bet is still open: the right rollback refunds it
+    status, body = await provider.post("/deposit", rollback("alice", "rb2", "b1", amount=1_000))
+    assert_ok(status, body, "alice", "rb2", 10_000)
+
+
+SHARD_LAYOUTS = {
+    "same_shard": (3, 3),
+    "different_shards": (3, 11),
+}
+
+
+@pytest.fixture(params=sorted(SHARD_LAYOUTS))
+def two_players(request: pytest.FixtureRequest) -> tuple[str, str]:
+    owner_shard, other_shard = SHARD_LAYOUTS[request.param]
+    owner = user_in_shard("owner", owner_shard)
+    other = user_in_shard("other", other_shard)
+    assert (shard_of(owner, 16) == shard_of(other, 16)) == (owner_shard == other_shard)
+    return owner, other
+
+
+async def test_win_for_another_players_bet_is_conflict_and_an_incident(
+    provider, admin, two_players
+):
+    owner, other = two_players
+    session = await player_with_session(admin, owner, 10_000)
+    await admin.create_player(other, 10_000)
+    await provider.post("/withdraw", bet(owner, session, "b1", 1_000))
+    win_payload = win(other, "w1", "b1", 5_000)
+    status, body = await provider.post("/deposit", win_payload)
+    assert_error(status, body, 409)
+    assert await admin.balance(owner) == 9_000
+    assert await admin.balance(other) == 10_000
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "CROSS_PLAYER"
+    assert incident["user_id"] == other
+    assert incident["referenced_tx_id"] == "b1"
+    assert incident_payload(incident["request"]) == win_payload
+    assert owner in incident["recorded"]
+    # the bet itself is untouched: its owner's win still pays
+    status, body = await provider.post("/deposit", win(owner, "w2", "b1", 2_000))
+    assert_ok(status, body, owner, "w2", 11_000)
+
+
+async def test_rollback_for_another_players_bet_is_conflict_and_an_incident(
+    provider, admin, two_players
+):
+    owner, other = two_players
+    session = await player_with_session(admin, owner, 10_000)
+    await admin.create_player(other, 10_000)
+    await provider.post("/withdraw", bet(owner, session, "b1", 1_000))
+    rollback_payload = rollback(other, "rb1", "b1")
+    status, body = await provider.post("/deposit", rollback_payload)
+    assert_error(status, body, 409)
+    assert await admin.balance(owner) == 9_000
+    assert await admin.balance(other) == 10_000
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "CROSS_PLAYER"
+    assert incident_payload(incident["request"]) == rollback_payload
+    # the owner's own rollback still refunds
+    status, body = await provider.post("/deposit", rollback(owner, "rb2", "b1"))
+    assert_ok(status, body, owner, "rb2", 10_000)
+
+
+async def test_rollback_for_another_players_tombstoned_bet_is_conflict(
+    provider, admin, two_players
+):
+    owner, other = two_players
+    await admin.create_player(owner, 10_000)
+    await admin.create_player(other, 10_000)
+    await provider.post("/deposit", rollback(owner, "rb1", "b-late"))
+    status, body = await provider.post("/deposit", rollback(other, "rb2", "b-late"))
+    assert_error(status, body, 409)
+    assert await admin.balance(other) == 10_000
+
+
+async def test_every_incident_kind_is_stored_and_counted_in_a_metric(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await admin.create_player("bob", 10_000)
+    for n in range(4):
+        await provider.post("/withdraw", bet("alice", session, f"b{n}", 1_000))
+    await provider.post("/deposit", win("alice", "w0", "b0", 2_000))
+    await provider.post("/deposit", rollback("alice", "rb1", "b1"))
+    calls = {
+        "ROLLBACK_OF_WON_BET": rollback("alice", "rb0", "b0"),
+        "WIN_AFTER_ROLLBACK": win("alice", "w1", "b1", 2_000),
+        "AMOUNT_MISMATCH": rollback("alice", "rb2", "b2", amount=1),
+        "CROSS_PLAYER": win("bob", "w3", "b3", 2_000),
+    }
+    for kind, payload in calls.items():
+        assert await incident_metric(admin, kind) == 0
+        status, body = await provider.post("/deposit", payload)
+        assert status == 409, body
+        assert await incident_metric(admin, kind) == 1
+    stored = {(i["kind"], i["provider_tx_id"]) for i in await incidents(admin)}
+    assert stored == {(kind, payload["provider_tx_id"]) for kind, payload in calls.items()}
+    assert await admin.balance("alice") == 10_000 - 4_000 + 2_000 + 1_000
+    assert await admin.balance("bob") == 10_000
+
+
+@pytest.mark.parametrize(
+    "path, payload",
+    [
+        ("/deposit", win("nobody", "w1", None, 1_000)),
+        ("/deposit", win("nobody", "w1", "b1", 1_000)),
+        ("/deposit", rollback("nobody", "rb1", "b1")),
+        ("/balance", {"user_id": "nobody"}),
+    ],
+)
+async def test_money_call_for_unknown_user_is_404(provider, admin, path, payload):
+    await admin.create_player("alice", 10_000)
+    status, body = await provider.post(path, payload)
+    assert_error(status, body, 404)
+    assert await admin.balance("alice") == 10_000
+    assert await incidents(admin) == []
+
+
+async def test_balance_reports_the_wallet(provider, admin):
+    session = await player_with_session(admin, "alice", 10_000)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_234))
+    status, body = await provider.post("/balance", {"user_id": "alice"})
+    assert status == 200
+    assert body == {"code": 200, "message": "OK", "data": {"currency": "USD", "amount": 8_766}}
