@@ -4,8 +4,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
-from gateway import server
+from gateway import conformance, server, simulator
 from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
@@ -65,11 +66,27 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
 }
 
 
+class Tool(Protocol):
+    """A command with arguments of its own (it plays the provider, not the operator)."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+TOOLS: dict[str, tuple[Tool, str]] = {
+    "simulate": (simulator, "play the game provider against a wallet (and serve its launch API)"),
+    "conformance": (conformance, "check any wallet against the protocol's rules; exit 1 on a FAIL"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet-gateway", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         add_setting_flags(subcommands.add_parser(name, help=help_text))
+    for name, (tool, help_text) in TOOLS.items():
+        tool.add_arguments(subcommands.add_parser(name, help=help_text))
     return parser
 
 
@@ -77,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TOOLS:
+            configure_logging("WARNING")
+            tool, _ = TOOLS[args.command]
+            return tool.run(args)
         settings = load_settings(args)
         configure_logging(settings.log_level)
         command, _ = COMMANDS[args.command]
