@@ -178,12 +178,12 @@ class Callbacks:
         action = payload.get("action")
         if action in WIN_ACTIONS:
             win = WinRequest.parse(payload)
-            return money_answer(await self.wallet.credit_win(win, body), win)
+            return money_answer(await self.wallet.settle_bet(win, body), win)
         if action == ROLLBACK_ACTION:
             rollback = RollbackRequest.parse(payload)
-            return money_answer(await self.wallet.roll_back(rollback, body), rollback)
+            return money_answer(await self.wallet.settle_bet(rollback, body), rollback)
         if action == CLOSE_ROUND_ACTION:
-            close = CloseRoundRequest.parse(payload)
+            close = CloseRoundRequest.parse(decode_object(body, exact_decimals=True))
             reply = await self.wallet.close_round(close, body)
             answer = Answer(
                 reply.outcome,

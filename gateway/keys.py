@@ -45,6 +45,11 @@ class KeySpace:
         return f"{PREFIX}:{{{shard}}}:tomb:{bet_tx_id}"
 
     @staticmethod
+    def early_win(shard: int, bet_tx_id: str) -> str:
+        """A WIN that named this bet before the bet arrived: the bet comes already settled."""
+        return f"{PREFIX}:{{{shard}}}:earlywin:{bet_tx_id}"
+
+    @staticmethod
     def adjustment(shard: int, reference: str) -> str:
         return f"{PREFIX}:{{{shard}}}:adj:{reference}"
 

@@ -31,6 +31,7 @@ OUTCOMES: dict[str, tuple[int, str]] = {
     "TX_CONFLICT": (409, "Transaction id already used with different content"),
     "BET_VOIDED": (409, "Bet was already voided by a rollback"),
     "NOT_A_BET": (409, "Referenced transaction is not a bet"),
+    "BET_REFUSED": (409, "Referenced bet was refused"),
     "ROLLBACK_OF_WON_BET": (409, "Bet was already settled by a win"),
     "WIN_AFTER_ROLLBACK": (409, "Bet was rolled back"),
     "AMOUNT_MISMATCH": (409, "Rollback amount differs from the recorded stake"),

@@ -4,6 +4,7 @@ Bad input raises `InvalidRequest` with a message naming the field; nothing has b
 when it does, so bad input changes nothing.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -31,14 +32,24 @@ class InvalidRequest(ValueError):
     """A 400: the message says which field and why."""
 
 
-def decode_object(body: bytes) -> dict[str, Any]:
+def decode_object(body: bytes, exact_decimals: bool = False) -> dict[str, Any]:
+    """`exact_decimals` reads JSON fractions as Decimal (CLOSE_ROUND's multipliers), at the cost
+    of the slower standard-library parser."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        payload = _exact_json(body) if exact_decimals else orjson.loads(body)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest("malformed JSON") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("body must be a JSON object")
     return payload
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _exact_json(text: bytes | str) -> Any:
+    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
 
 
 def _present(payload: dict[str, Any], field: str) -> bool:
@@ -293,8 +304,8 @@ def _attribute_list(attributes: dict[str, Any], name: str) -> list[Any]:
     value = attributes.get(name)
     if isinstance(value, str):
         try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
+            value = _exact_json(value)
+        except ValueError as exc:
             raise InvalidRequest(f"{name} is not valid JSON") from exc
     if not isinstance(value, list):
         raise InvalidRequest(f"{name} must be an array")
@@ -302,7 +313,7 @@ def _attribute_list(attributes: dict[str, Any], name: str) -> list[Any]:
 
 
 def _coefficient(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise InvalidRequest(f"{COEFFICIENTS_ATTRIBUTE} must hold numbers")
     try:
         # repr of a float is the shortest text that reads back as the same number: the

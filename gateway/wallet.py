@@ -175,6 +175,7 @@ class Wallet:
                 keys.session(shard, request.session_token),
                 keys.live_session(shard, request.user_id),
                 keys.tombstone(shard, request.provider_tx_id),
+                keys.early_win(shard, request.provider_tx_id),
             ],
             self._tx_fields(
                 request, request.user_id, request.amount_millis, request.currency, None
@@ -188,43 +189,22 @@ class Wallet:
             ),
         )
 
-    def _settlement_keys(self, shard: int, request: WinRequest | RollbackRequest) -> list[str]:
+    async def settle_bet(self, request: WinRequest | RollbackRequest, body: bytes) -> WalletReply:
+        """WIN / FREE_BET_WIN (credit.lua) or ROLL_BACK (rollback.lua) of a bet: both read the
+        bet's record, owner, tombstone and early-win marker."""
         keys = self.keys
+        shard = keys.shard(request.user_id)
         bet_tx_id = request.bet_tx_id or ""
-        return [
-            *self._common_keys(shard, request.provider_tx_id),
-            keys.player(shard, request.user_id),
-            keys.tx(shard, bet_tx_id),
-            keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
-            keys.incidents(shard),
-        ]
-
-    async def credit_win(self, request: WinRequest, body: bytes) -> WalletReply:
-        shard = self.keys.shard(request.user_id)
         return await self._call_money_script(
-            "credit",
+            "rollback" if isinstance(request, RollbackRequest) else "credit",
             [
-                *self._settlement_keys(shard, request),
-                self.keys.tombstone(shard, request.bet_tx_id or ""),
-            ],
-            self._tx_fields(
-                request,
-                request.user_id,
-                request.amount_millis,
-                request.currency,
-                request.bet_tx_id,
-            ),
-            body,
-            (),
-        )
-
-    async def roll_back(self, request: RollbackRequest, body: bytes) -> WalletReply:
-        shard = self.keys.shard(request.user_id)
-        return await self._call_money_script(
-            "rollback",
-            [
-                *self._settlement_keys(shard, request),
-                self.keys.tombstone(shard, request.bet_tx_id),
+                *self._common_keys(shard, request.provider_tx_id),
+                keys.player(shard, request.user_id),
+                keys.tx(shard, bet_tx_id),
+                keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
+                keys.incidents(shard),
+                keys.tombstone(shard, bet_tx_id),
+                keys.early_win(shard, bet_tx_id),
             ],
             self._tx_fields(
                 request,

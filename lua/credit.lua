@@ -1,5 +1,6 @@
 -- WIN / FREE_BET_WIN. KEYS[4] player, KEYS[5] record of the referenced bet (player's shard),
--- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet.
+-- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet,
+-- KEYS[9] early-win marker of the bet.
 -- Settlement is never refused for an expired session: no session is checked.
 local seen = replay_or_conflict()
 if seen then return seen end
@@ -23,12 +24,21 @@ if ref_id ~= '' then
     record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by)
     return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
   end
-  local bet = redis.call('HMGET', KEYS[5], 'state', 'req')
-  if bet[1] == 'rolledback' then
+  local bet = redis.call('HMGET', KEYS[5], 'state', 'req', 'action', 'outcome')
+  if not bet[3] then
+    -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
+    redis.call('SET', KEYS[9], tx_id, 'NX', 'PX', retention_ms)
+    redis.call('SET', KEYS[6], user_id, 'PX', retention_ms)  -- and names its player
+  elseif bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
+    return finish('NOT_A_BET', balance, currency, 0, {})
+  elseif bet[4] ~= 'OK' then
+    return finish('BET_REFUSED', balance, currency, 0, {})
+  elseif bet[1] == 'rolledback' then
     record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', bet[2])
     return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
+  elseif bet[1] == 'open' then
+    redis.call('HSET', KEYS[5], 'state', 'won')
   end
-  if bet[1] == 'open' then redis.call('HSET', KEYS[5], 'state', 'won') end
 end
 local amount = tonumber(amount_text)
 local new_balance = redis.call('HINCRBY', KEYS[4], 'balance', amount)

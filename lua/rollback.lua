@@ -1,5 +1,6 @@
 -- ROLL_BACK of the bet ref_id. KEYS[4] player, KEYS[5] record of the referenced bet,
--- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet.
+-- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet,
+-- KEYS[9] early-win marker of the bet.
 local seen = replay_or_conflict()
 if seen then return seen end
 
@@ -16,6 +17,16 @@ if bet_owner and bet_owner ~= user_id then
   return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
 end
 local bet = redis.call('HMGET', KEYS[5], 'state', 'stake', 'action', 'req', 'outcome')
+if bet[3] and bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
+  return finish('NOT_A_BET', balance, currency, 0, {})
+end
+if not bet[3] then
+  local early_win = redis.call('GET', KEYS[9])
+  if early_win then
+    record_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', 'bet settled by win ' .. early_win)
+    return finish('ROLLBACK_OF_WON_BET', balance, currency, 0, {'incident', 'ROLLBACK_OF_WON_BET'})
+  end
+end
 if not bet[1] or bet[5] ~= 'OK' then
   -- the rollback overtook the bet, the bet never arrived, or it was refused: nothing to
   -- refund; the tombstone makes a late bet with this id a 409

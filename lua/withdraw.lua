@@ -1,5 +1,5 @@
 -- BET / FREE_BET. KEYS[4] player, KEYS[5] session, KEYS[6] player's live-session pointer,
--- KEYS[7] rollback tombstone of this tx id.
+-- KEYS[7] rollback tombstone of this tx id, KEYS[8] early-win marker of this tx id.
 -- ARGV[14] session_token, ARGV[15] session idle limit ms, ARGV[16] default maxbet millis,
 -- ARGV[17] session record ttl ms.
 local seen = replay_or_conflict()
@@ -29,6 +29,9 @@ redis.call('HSET', KEYS[5], 'last_seen', now_ms)
 redis.call('PEXPIRE', KEYS[5], ARGV[17])
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return finish('BET_VOIDED', balance, currency, 0, bet_fields)
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  bet_fields[4] = 'won'  -- its win came first: a rollback of this bet would pay twice
 end
 if action == 'FREE_BET' then
   -- paid by the provider's free-bet gift: recorded, the real balance does not move

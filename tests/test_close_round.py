@@ -201,3 +201,13 @@ async def test_malformed_close_round_is_400_and_records_nothing(provider, servic
     status, body = await provider.post("/deposit", close_round("r1", [1_000], [0]))
     assert status == 200, body
     assert len(await close_round_events(services, "r1")) == 1
+
+
+async def test_close_round_keeps_native_coefficients_beyond_float_precision(provider, services):
+    # 21 significant digits: a float would round it; the ledger must not
+    payload = close_round("r-exact", [1000, 1000], [0, 0])
+    raw = orjson.dumps(payload).replace(b"[0,0]", b"[1.00000000000000000001,2.350]")
+    status, _ = await provider.post_raw("/deposit", raw)
+    assert status == 200
+    [event] = await close_round_events(services, "r-exact")
+    assert orjson.loads(event["coefficients"]) == ["1.00000000000000000001", "2.350"]

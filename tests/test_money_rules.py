@@ -581,3 +581,47 @@ async def test_balance_reports_the_wallet(provider, admin):
     status, body = await provider.post("/balance", {"user_id": "alice"})
     assert status == 200
     assert body == {"code": 200, "message": "OK", "data": {"currency": "USD", "amount": 8_766}}
+
+
+async def test_rollback_of_a_bet_whose_win_came_first_is_conflict_and_moves_nothing(
+    provider, admin
+):
+    session = await player_with_session(admin, "early", 10_000)
+    status, _ = await provider.post("/deposit", win("early", "w-early", "b-early", 3000))
+    assert status == 200
+    status, _ = await provider.post("/withdraw", bet("early", session, "b-early", 1000))
+    assert status == 200
+    assert await admin.balance("early") == 12_000
+    status, body = await provider.post("/deposit", rollback("early", "rb-early", "b-early"))
+    assert_error(status, body, 409)
+    assert await admin.balance("early") == 12_000
+    [incident] = [i for i in await incidents(admin) if i["provider_tx_id"] == "rb-early"]
+    assert incident["kind"] == "ROLLBACK_OF_WON_BET"
+
+
+async def test_rollback_before_the_bet_of_an_early_win_is_conflict(provider, admin):
+    await player_with_session(admin, "early2", 10_000)
+    status, _ = await provider.post("/deposit", win("early2", "w-e2", "b-e2", 3000))
+    assert status == 200
+    status, body = await provider.post("/deposit", rollback("early2", "rb-e2", "b-e2"))
+    assert_error(status, body, 409)
+    assert await admin.balance("early2") == 13_000
+
+
+async def test_win_naming_a_refused_bet_is_conflict_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "refused", 500)
+    status, _ = await provider.post("/withdraw", bet("refused", session, "b-big", 1000))
+    assert status == 402
+    status, body = await provider.post("/deposit", win("refused", "w-big", "b-big", 5000))
+    assert_error(status, body, 409)
+    assert await admin.balance("refused") == 500
+
+
+async def test_rollback_naming_a_win_is_conflict_and_moves_nothing(provider, admin):
+    session = await player_with_session(admin, "notbet", 10_000)
+    await provider.post("/withdraw", bet("notbet", session, "b-nb", 1000))
+    await provider.post("/deposit", win("notbet", "w-nb", "b-nb", 2000))
+    status, body = await provider.post("/deposit", rollback("notbet", "rb-nb", "w-nb"))
+    assert_error(status, body, 409)
+    assert body["message"] == "Referenced transaction is not a bet"
+    assert await admin.balance("notbet") == 11_000

@@ -87,6 +87,7 @@ class BetSlot:
     applied: bool = False  # the bet got a 200
     state: str = "open"  # open | won | rolledback
     tombstoned: bool = False
+    early_winner: str | None = None  # a player whose WIN named this id before any bet record
 
 
 @dataclass
@@ -114,11 +115,15 @@ class Model:
             return 409  # cross-player
         if bet_slot.tombstoned or bet_slot.state == "rolledback":
             return 409  # win after rollback
+        if bet_slot.bettor == user and not bet_slot.applied:
+            return 409  # the bet was refused: nothing to settle
         return 200
 
     def predict_rollback(self, user: str, bet_slot: BetSlot, amount: int | None) -> int:
         if bet_slot.owner is not None and bet_slot.owner != user:
             return 409  # cross-player
+        if bet_slot.bettor != user and bet_slot.early_winner == user:
+            return 409  # its win came before it: a refund would pay twice
         if not bet_slot.applied or bet_slot.state == "rolledback":
             return 200  # nothing (more) to refund
         if bet_slot.state == "won":
@@ -191,6 +196,8 @@ async def run_operation(
             bet_slot.bettor, bet_slot.action, bet_slot.stake = user, action, stake
         if status == 200:
             bet_slot.applied = True
+            if bet_slot.early_winner == user:
+                bet_slot.state = "won"  # settled before it arrived
             if action == "BET":
                 model.balances[user] -= stake
         return
@@ -203,9 +210,12 @@ async def run_operation(
         assert status == expected, (operation, status)
         if status == 200:
             model.balances[user] += amount
-            # a win settles a recorded bet only (one that has not arrived yet stays open)
             if bet_slot is not None and bet_slot.bettor == user and bet_slot.state == "open":
                 bet_slot.state = "won"
+            elif bet_slot is not None and bet_slot.bettor != user:
+                # the win overtook its bet: the bet comes already settled
+                bet_slot.early_winner = bet_slot.early_winner or user
+                bet_slot.owner = bet_slot.owner or user
         return
     if kind == "rollback":
         bet_slot = model.slots[operation[2]]
