@@ -12,6 +12,7 @@ local currency, balance = player[1], tonumber(player[2])
 if currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
 end
+local extra = {}
 if ref_id ~= '' then
   local bet_owner = redis.call('GET', KEYS[6])
   if bet_owner and bet_owner ~= user_id then
@@ -29,6 +30,7 @@ if ref_id ~= '' then
     -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
     redis.call('SET', KEYS[9], tx_id, 'NX', 'PX', retention_ms)
     redis.call('SET', KEYS[6], user_id, 'PX', retention_ms)  -- and names its player
+    extra = {'early_win', '1'}
   elseif bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
     return finish('NOT_A_BET', balance, currency, 0, {})
   elseif bet[4] ~= 'OK' then
@@ -42,4 +44,4 @@ if ref_id ~= '' then
 end
 local amount = tonumber(amount_text)
 local new_balance = redis.call('HINCRBY', KEYS[4], 'balance', amount)
-return finish('OK', new_balance, currency, amount, {})
+return finish('OK', new_balance, currency, amount, extra)
