@@ -11,6 +11,7 @@ from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack, ensure_credentials
+from loadtests import bench
 
 log = logging.getLogger("gateway.cli")
 
@@ -77,6 +78,7 @@ class Tool(Protocol):
 TOOLS: dict[str, tuple[Tool, str]] = {
     "simulate": (simulator, "play the game provider against a wallet (and serve its launch API)"),
     "conformance": (conformance, "check any wallet against the protocol's rules; exit 1 on a FAIL"),
+    "bench": (bench, "benchmark the whole stack with locust; report, chart and money check"),
 }
 
 

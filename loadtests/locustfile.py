@@ -1,4 +1,4 @@
-"""Provider-shaped load on the wallet: run with `locust -f loadtests/locustfile.py`.
+"""Provider-shaped load on the wallet: run with `locust -f loadtests/locustfile.py Provider`.
 
 Each simulated player is created through the admin API, authenticates, then plays rounds:
 classic rounds (BET, then WIN or a 0 WIN for a loss) and server-driven rounds (several bets,
@@ -6,8 +6,13 @@ per-bet cash-outs, one CLOSE_ROUND whose aggregates match the bets). About 2% of
 voided by ROLL_BACK, about 1% of money calls are sent twice with the identical body (the
 second answer must be identical), and every few rounds the player asks for its balance.
 
+Two more user classes, for the benchmark (`wallet-gateway bench`): `NewBets` sends only new
+bets (the throughput the issue budgets), and `EmptyHandlerCeiling` sends the same signed bet body
+to an empty aiohttp handler (the ceiling the gateway is compared with).
+
 Everything is set by environment variables (see `LoadSettings`); the target is 127.0.0.1
-unless `--host` says otherwise. Bound it with `--run-time`.
+unless `--host` says otherwise. Bound it with `--run-time`. `LOAD_THROUGHPUT_PER_USER` fixes
+each user's rate (requests per second) instead of going flat out.
 """
 
 import itertools
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant_throughput, events, task
 
 from gateway.provider_client import (
     BALANCE_PATH,
@@ -61,6 +66,7 @@ class LoadSettings:
     server_driven_bets_max: int = int(os.environ.get("LOAD_SERVER_DRIVEN_BETS_MAX", 3))
     balance_every_rounds: int = int(os.environ.get("LOAD_BALANCE_EVERY_ROUNDS", 10))
     wait_seconds_max: float = _env_float("LOAD_WAIT_SECONDS_MAX", 0.0)
+    throughput_per_user: float = _env_float("LOAD_THROUGHPUT_PER_USER", 0.0)
     run_id: str = field(default_factory=lambda: secrets.token_hex(4))
 
 
@@ -84,10 +90,17 @@ def _default_host(parser: Any) -> None:
     parser.set_defaults(host="http://127.0.0.1:8080")
 
 
-class Provider(FastHttpUser):
-    """One player's provider traffic."""
+def _wait_time() -> Any:
+    if SETTINGS.throughput_per_user > 0:
+        return constant_throughput(SETTINGS.throughput_per_user)
+    return between(0, SETTINGS.wait_seconds_max)
 
-    wait_time = between(0, SETTINGS.wait_seconds_max)
+
+class Player(FastHttpUser):
+    """A player created through the admin API, authenticated, with the signed-call helpers."""
+
+    abstract = True
+    wait_time = _wait_time()
 
     def on_start(self) -> None:
         key_ring = KeyRing.parse(SETTINGS.provider_keys)
@@ -135,7 +148,7 @@ class Provider(FastHttpUser):
                     response.failure("duplicate answered differently")
         return json.loads(first)["data"]
 
-    def _bet(self, round_id: str, game: str) -> str:
+    def _bet(self, round_id: str, game: str, duplicate: bool | None = None) -> str:
         tx = self._tx_id()
         self._post(
             WITHDRAW_PATH,
@@ -149,6 +162,7 @@ class Provider(FastHttpUser):
                 round_id=round_id,
                 game=game,
             ),
+            duplicate,
         )
         return tx
 
@@ -180,6 +194,10 @@ class Provider(FastHttpUser):
                 amount_millis=SETTINGS.stake_millis,
             ),
         )
+
+
+class Provider(Player):
+    """One player's provider traffic: the realistic mix."""
 
     @task
     def play_round(self) -> None:
@@ -231,3 +249,40 @@ class Provider(FastHttpUser):
                 coefficients=coefficients,
             ),
         )
+
+
+class NewBets(Player):
+    """Only new bets, each with a fresh provider_tx_id: the gateway's hot path."""
+
+    @task
+    def bet_once(self) -> None:
+        self._bet(f"{self.user_id}-r", "aviadrone", duplicate=False)
+
+
+class EmptyHandlerCeiling(FastHttpUser):
+    """The same request (a signed new bet) against loadtests/empty_app.py."""
+
+    wait_time = _wait_time()
+
+    def on_start(self) -> None:
+        key_ring = KeyRing.parse(SETTINGS.provider_keys or "ceiling:ceiling")
+        public_key = key_ring.public_keys()[0]
+        self.tx_numbers = itertools.count(1)
+        self.user_id = f"ceiling-{os.getpid()}-{next(_user_numbers)}"
+        self.public_key, self.secret = public_key, key_ring.secret(public_key)
+
+    @task
+    def post_bet(self) -> None:
+        body = encode(
+            bet_body(
+                user_id=self.user_id,
+                session_token="session-token-of-the-same-length-as-a-real-one",
+                amount_millis=SETTINGS.stake_millis,
+                currency=SETTINGS.currency,
+                provider_tx_id=f"{self.user_id}-{next(self.tx_numbers)}",
+                round_id=f"{self.user_id}-r",
+                game="aviadrone",
+            )
+        )
+        headers = signed_headers(self.public_key, self.secret, body)
+        self.client.post(WITHDRAW_PATH, data=body, headers=headers, name="/withdraw BET")
