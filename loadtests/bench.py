@@ -267,7 +267,9 @@ class LagSampler:
 
         redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            return WriterLag.of(await read_progress(redis, KeySpace(self.settings.shards).all_streams()))
+            return WriterLag.of(
+                await read_progress(redis, KeySpace(self.settings.shards).all_streams())
+            )
         finally:
             await redis.aclose()
 
