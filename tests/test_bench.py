@@ -1,0 +1,35 @@
+"""A few seconds of the real benchmark: every phase runs, the report is written, the money
+check passes (issue: a short smoke run of the bench is in the test suite)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "gateway.cli", "bench", "--duration-seconds", "2",
+            "--users", "2", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["money_check_passed"] is True
+    assert report["reconcile_agrees"] is True
+    assert report["balances_redis_total"] == report["balances_history_total"] > 0
+    phases = {phase["name"]: phase for phase in report["phases"]}
+    assert set(phases) == {
+        "ceiling", "new-bets-1-process", "provider-mix", "new-bets-half-rate"
+    }  # fmt: skip
+    for phase in phases.values():
+        assert phase["endpoints"]["Aggregated"]["requests"] > 0, phase["name"]
+        assert not phase["failures"], phase["failures"]
+    assert "new-bets-1-process" in report["ratios_to_empty_handler"]
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
+    assert "Money check: PASSED" in (out / "report.md").read_text()
