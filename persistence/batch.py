@@ -1,0 +1,333 @@
+"""One batch of stream entries: decoded into history rows, stored in one PostgreSQL transaction.
+
+Every field of an event is a string, as lua/*.lua writes it. Inserts are idempotent (unique
+provider_tx_id, user_id, reference, ...): a batch redelivered after a crash between commit and
+XACK stores nothing twice. An entry that cannot be decoded goes to `rejected_events`, loudly,
+instead of blocking the history or vanishing.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+import orjson
+
+from persistence.rounds import RoundClose, provider_totals, record_round_closes
+from persistence.streams import stream_id_ms
+
+log = logging.getLogger("persistence.batch")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+BIGINT_MAX = 2**63 - 1
+# A multiplier PostgreSQL numeric stores exactly (it allows far more; these are sane bounds).
+COEFFICIENT_DIGITS_MAX = 1000
+
+# One stream entry: (stream key, entry id, fields).
+Entry = tuple[str, str, dict[str, str]]
+
+TX_COLUMNS = (
+    "provider_tx_id",
+    "user_id",
+    "action",
+    "amount",
+    "delta",
+    "balance_after",
+    "currency",
+    "round_id",
+    "game",
+    "bet_tx_id",
+    "outcome",
+    "operator_tx_id",
+    "fingerprint",
+    "state",
+    "incident",
+    "tombstone",
+    "early_win",
+    "request",
+    "created_at",
+    "stream_id",
+)
+_TX_COLUMN_LIST = ", ".join(TX_COLUMNS)
+
+# Per connection (the writer's pool runs it on connect): COPY lands here, then one
+# INSERT ... ON CONFLICT DO NOTHING moves the rows; emptied at every commit.
+STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS tx_stage (
+    provider_tx_id text, user_id text, action text, amount bigint, delta bigint,
+    balance_after bigint, currency text, round_id text, game text, bet_tx_id text,
+    outcome text, operator_tx_id text, fingerprint text, state text, incident text,
+    tombstone boolean, early_win boolean, request text, created_at timestamptz, stream_id text
+) ON COMMIT DELETE ROWS
+"""
+
+# Sorted by key so that two writers inserting overlapping batches (a reclaimed batch) lock the
+# unique index in the same order and cannot deadlock.
+INSERT_STAGED_TRANSACTIONS = f"""
+INSERT INTO transactions ({_TX_COLUMN_LIST})
+SELECT {_TX_COLUMN_LIST} FROM tx_stage ORDER BY provider_tx_id
+ON CONFLICT (provider_tx_id) DO NOTHING
+"""
+
+INSERT_STAGED_INCIDENTS = """
+INSERT INTO incidents
+    (kind, provider_tx_id, user_id, round_id, bet_tx_id, request, recorded, created_at)
+SELECT s.incident, s.provider_tx_id, s.user_id, s.round_id, s.bet_tx_id, s.request,
+       bet.request, s.created_at
+FROM tx_stage s LEFT JOIN transactions bet ON bet.provider_tx_id = s.bet_tx_id
+WHERE s.incident IS NOT NULL
+ORDER BY s.provider_tx_id
+ON CONFLICT (kind, provider_tx_id) DO NOTHING
+"""
+
+INSERT_PLAYER = """
+INSERT INTO players (user_id, currency, username, opening_balance, maxbet, created_at, stream_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO NOTHING
+"""
+
+INSERT_ADJUSTMENT = """
+INSERT INTO adjustments (reference, user_id, amount, balance_after, created_at, stream_id)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (reference) DO NOTHING
+"""
+
+INSERT_SESSION = """
+INSERT INTO sessions (user_id, session_token, source, opened_at, stream_id)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, session_token, opened_at) DO NOTHING
+"""
+
+INSERT_REFUSED_ADJUSTMENT = """
+INSERT INTO refused_adjustments
+    (reference, user_id, amount, balance, outcome, created_at, stream_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (reference, stream_id) DO NOTHING
+"""
+
+INSERT_REJECTED = """
+INSERT INTO rejected_events (stream, stream_id, fields, reason)
+VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (stream, stream_id) DO NOTHING
+"""
+
+
+class CorruptEvent(ValueError):
+    """A stream entry that does not decode: names the field and why."""
+
+
+def ms_to_datetime(milliseconds: int) -> datetime:
+    # timedelta arithmetic, not a float division: exact to the millisecond both ways
+    return EPOCH + timedelta(milliseconds=milliseconds)
+
+
+def datetime_to_ms(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def _field(fields: dict[str, str], name: str) -> str:
+    try:
+        return fields[name]
+    except KeyError:
+        raise CorruptEvent(f"field {name!r} is missing") from None
+
+
+def _integer(fields: dict[str, str], name: str) -> int:
+    text = _field(fields, name)
+    try:
+        value = int(text)
+    except ValueError:
+        raise CorruptEvent(f"field {name!r} is not an integer: {text!r}") from None
+    if abs(value) > BIGINT_MAX:
+        raise CorruptEvent(f"field {name!r} is out of range: {text!r}")
+    return value
+
+
+def _optional_integer(fields: dict[str, str], name: str) -> int | None:
+    return None if _field(fields, name) == "" else _integer(fields, name)
+
+
+def _optional_text(fields: dict[str, str], name: str) -> str | None:
+    return _field(fields, name) or None
+
+
+def _created_at(fields: dict[str, str]) -> datetime:
+    return ms_to_datetime(_integer(fields, "ts"))
+
+
+def _round_close(entry_id: str, fields: dict[str, str]) -> RoundClose:
+    try:
+        stakes = orjson.loads(_field(fields, "stakes"))
+        coefficients = [Decimal(text) for text in orjson.loads(_field(fields, "coefficients"))]
+    except (orjson.JSONDecodeError, InvalidOperation, TypeError) as exc:
+        raise CorruptEvent(f"stakes or coefficients do not decode: {exc}") from None
+    if not all(type(stake) is int and 0 <= stake <= BIGINT_MAX for stake in stakes):
+        raise CorruptEvent("stakes must be non-negative integers of millis")
+    if len(stakes) != len(coefficients):
+        raise CorruptEvent("stakes and coefficients differ in length")
+    for coefficient in coefficients:
+        exponent = coefficient.as_tuple().exponent
+        if (
+            not coefficient.is_finite()
+            or coefficient < 0
+            or not isinstance(exponent, int)
+            or exponent < -COEFFICIENT_DIGITS_MAX
+            or coefficient.adjusted() > COEFFICIENT_DIGITS_MAX
+        ):
+            raise CorruptEvent(f"coefficient {coefficient} is not a storable multiplier")
+    try:
+        totals = provider_totals(stakes, coefficients)
+    except ArithmeticError as exc:
+        raise CorruptEvent(f"the provider's round totals are not exact: {exc!r}") from None
+    if max(totals.staked_millis, totals.paid_millis) > BIGINT_MAX:
+        raise CorruptEvent("the provider's round totals do not fit a bigint of millis")
+    return RoundClose(
+        round_id=_field(fields, "round"),
+        close_tx_id=_field(fields, "tx"),
+        game=_field(fields, "game"),
+        stakes=tuple(stakes),
+        coefficients=tuple(coefficients),
+        provider=totals,
+        closed_at=_created_at(fields),
+        close_stream_ms=stream_id_ms(entry_id),
+    )
+
+
+@dataclass(slots=True)
+class HistoryBatch:
+    transactions: list[tuple[Any, ...]] = field(default_factory=list)
+    players: list[tuple[Any, ...]] = field(default_factory=list)
+    adjustments: list[tuple[Any, ...]] = field(default_factory=list)
+    refused_adjustments: list[tuple[Any, ...]] = field(default_factory=list)
+    sessions: list[tuple[Any, ...]] = field(default_factory=list)
+    closes: list[RoundClose] = field(default_factory=list)
+    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)
+    incidents: int = 0
+
+    @classmethod
+    def decode(cls, entries: list[Entry]) -> "HistoryBatch":
+        batch = cls()
+        for stream, entry_id, fields in entries:
+            try:
+                batch._add(entry_id, fields)
+            except CorruptEvent as exc:
+                log.error("rejected stream entry %s %s: %s", stream, entry_id, exc)
+                batch.rejected.append((stream, entry_id, orjson.dumps(fields).decode(), str(exc)))
+        return batch
+
+    def _add(self, entry_id: str, fields: dict[str, str]) -> None:
+        kind = fields.get("kind")
+        if kind == "tx":
+            self._add_transaction(entry_id, fields)
+        elif kind == "player":
+            maxbet = _optional_integer(fields, "maxbet")
+            self.players.append(
+                (
+                    _field(fields, "user"),
+                    _field(fields, "currency"),
+                    _field(fields, "username"),
+                    _integer(fields, "balance"),
+                    maxbet,
+                    _created_at(fields),
+                    entry_id,
+                )
+            )
+        elif kind == "adjustment":
+            self.adjustments.append(
+                (
+                    _field(fields, "reference"),
+                    _field(fields, "user"),
+                    _integer(fields, "amount"),
+                    _integer(fields, "balance"),
+                    _created_at(fields),
+                    entry_id,
+                )
+            )
+        elif kind == "adjustment_refused":
+            self.refused_adjustments.append(
+                (
+                    _field(fields, "reference"),
+                    _field(fields, "user"),
+                    _integer(fields, "amount"),
+                    _integer(fields, "balance"),
+                    _field(fields, "outcome"),
+                    _created_at(fields),
+                    entry_id,
+                )
+            )
+        elif kind == "session":
+            self.sessions.append(
+                (
+                    _field(fields, "user"),
+                    _field(fields, "session"),
+                    _field(fields, "source"),
+                    _created_at(fields),
+                    entry_id,
+                )
+            )
+        else:
+            raise CorruptEvent(f"unknown event kind {kind!r}")
+
+    def _add_transaction(self, entry_id: str, fields: dict[str, str]) -> None:
+        action = _field(fields, "action")
+        outcome = _field(fields, "outcome")
+        if action == "CLOSE_ROUND" and outcome == "OK":
+            self.closes.append(_round_close(entry_id, fields))
+        incident = fields.get("incident") or None
+        self.incidents += incident is not None
+        self.transactions.append(
+            (
+                _field(fields, "tx"),
+                _optional_text(fields, "user"),
+                action,
+                _optional_integer(fields, "amount"),
+                _integer(fields, "delta"),
+                _integer(fields, "balance"),
+                _optional_text(fields, "currency"),
+                _field(fields, "round"),
+                _field(fields, "game"),
+                _optional_text(fields, "ref"),
+                outcome,
+                _field(fields, "op"),
+                _field(fields, "fp"),
+                fields.get("state") or None,
+                incident,
+                fields.get("tombstone") == "1",
+                fields.get("early_win") == "1",
+                _field(fields, "req"),
+                _created_at(fields),
+                entry_id,
+            )
+        )
+
+    def __len__(self) -> int:
+        return (
+            len(self.transactions)
+            + len(self.players)
+            + len(self.adjustments)
+            + len(self.refused_adjustments)
+            + len(self.sessions)
+            + len(self.rejected)
+        )
+
+    async def store(self, connection: asyncpg.Connection) -> None:
+        """Insert everything; the caller holds the transaction (one per batch)."""
+        # Players first: within a batch, a player's creation precedes their bets.
+        if self.players:
+            await connection.executemany(INSERT_PLAYER, sorted(self.players))
+        if self.adjustments:
+            await connection.executemany(INSERT_ADJUSTMENT, sorted(self.adjustments))
+        if self.refused_adjustments:
+            await connection.executemany(
+                INSERT_REFUSED_ADJUSTMENT, sorted(self.refused_adjustments)
+            )
+        if self.sessions:
+            await connection.executemany(INSERT_SESSION, sorted(self.sessions))
+        if self.transactions:
+            await connection.copy_records_to_table(
+                "tx_stage", records=self.transactions, columns=TX_COLUMNS
+            )
+            await connection.execute(INSERT_STAGED_TRANSACTIONS)
+            if self.incidents:
+                await connection.execute(INSERT_STAGED_INCIDENTS)
+        if self.closes:
+            await record_round_closes(connection, self.closes)
+        if self.rejected:
+            await connection.executemany(INSERT_REJECTED, self.rejected)

@@ -1,0 +1,669 @@
+"""The history writer: drains the shard streams into PostgreSQL through one consumer group.
+
+One pass: XREADGROUP up to BATCH_EVENTS_MAX entries from every shard stream -> decode -> one
+PostgreSQL transaction of idempotent inserts -> COMMIT -> XACK. A crash anywhere leaves the
+entries pending, never lost; a crash between COMMIT and XACK makes a later writer insert them
+again, which the unique keys turn into nothing.
+
+Around that: entries idle in the pending list of a dead writer for CLAIM_IDLE_MS are reclaimed
+(XAUTOCLAIM, at start and every CLAIM_INTERVAL_SECONDS); streams are trimmed only below what
+every group acknowledged (XTRIM MINID, never MAXLEN); closed rounds are compared once the
+streams are written past them (persistence/rounds.py); the lag is logged. PostgreSQL down: the
+batch is retried with a bounded backoff while the streams buffer. Redis down or restarted: the
+client reconnects; a group lost to a flush is recreated. Several writers may run at once, each
+with its own consumer name.
+
+Run one: `python -m persistence.writer` (settings from the environment or flags, as the
+gateway's), or `run_history_writer(settings, stop)` inside another asyncio program.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import asyncpg
+import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.keys import KeySpace
+from gateway.settings import Settings, add_setting_flags, load_settings
+from persistence.batch import STAGING_DDL, Entry, HistoryBatch
+from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
+from persistence.streams import (
+    GROUP,
+    STREAM_START_ID,
+    StreamProgress,
+    WriterLag,
+    ensure_groups,
+    is_missing_group,
+    read_progress,
+    stream_id_ms,
+)
+from persistence.writer_metrics import WriterMetrics, serve_metrics
+
+log = logging.getLogger("persistence.writer")
+
+BATCH_EVENTS_MAX = 2000  # entries per PostgreSQL transaction, summed over all streams
+BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
+CLAIM_IDLE_MS = 30_000  # a pending entry idle this long belongs to a dead writer
+CLAIM_INTERVAL_SECONDS = 10.0
+TRIM_INTERVAL_SECONDS = 5.0
+ROUND_CHECK_INTERVAL_SECONDS = 1.0
+LAG_LOG_INTERVAL_SECONDS = 30.0
+LAG_WARN_SECONDS = 60.0  # behind more than this: the lag is logged as a warning
+BACKOFF_SECONDS_MIN = 0.05
+BACKOFF_SECONDS_MAX = 5.0
+FAILURES_LOGGED_EVERY = 20  # while an outage lasts, one warning per this many retries
+CONSUMER_IDLE_DELETE_MS = 3600 * 1000  # a consumer idle this long, with nothing pending, is gone
+PG_CONNECTIONS_MAX = 2
+PG_CONNECT_SECONDS_MAX = 5.0
+PG_COMMAND_SECONDS_MAX = 60.0
+PG_CLOSE_SECONDS_MAX = 5.0
+REDIS_CONNECT_SECONDS_MAX = 5.0
+REDIS_REPLY_MARGIN_SECONDS = 5.0  # a blocked XREADGROUP answers within BLOCK_MS plus this
+DRAIN_POLL_SECONDS = 0.05
+METRICS_HOST_DEFAULT = "127.0.0.1"
+DRAIN_CHECK_INTERVAL_SECONDS = 0.5  # while writing, how often a drain checks if it is done
+# A drain returns by its deadline; this backstop cancels it should something block past it.
+DRAIN_OVERRUN_SECONDS_MAX = 30.0
+
+REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # includes BusyLoadingError: Redis replaying its AOF after a restart
+    RedisTimeoutError,
+    OSError,
+)
+PG_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError: the server went away
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization: retry the batch
+    # a pooled connection that received the server's FATAL "terminating connection" but is
+    # not marked closed yet: in use, it fails so; a fresh connection works
+    asyncpg.InternalClientError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterLimits:
+    batch_events_max: int = BATCH_EVENTS_MAX
+    block_ms: int = BLOCK_MS
+    claim_idle_ms: int = CLAIM_IDLE_MS
+    round_close_skew_ms: int = ROUND_CLOSE_SKEW_MS
+    # Fault injection for crash tests only: a pause between COMMIT and XACK, the window in
+    # which a crash makes the next writer insert the batch a second time.
+    ack_delay_seconds: float = 0.0
+
+
+def default_consumer_name() -> str:
+    """Unique per process: a restarted writer is a new consumer; its predecessor's pending
+    entries are reclaimed once idle."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def next_seconds(self) -> float:
+        self.failures += 1
+        return min(BACKOFF_SECONDS_MAX, BACKOFF_SECONDS_MIN * 2 ** min(self.failures, 16))
+
+    def should_log(self) -> bool:
+        return self.failures % FAILURES_LOGGED_EVERY == 1
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
+    """Sleep, but wake up at once when `stop` is set."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def _prepare_connection(connection: asyncpg.Connection) -> None:
+    await connection.execute(STAGING_DDL)
+
+
+def connect_writer_redis(redis_url: str, block_ms: int) -> Redis:
+    # Its own client: the gateway's answers within REDIS_TIMEOUT_MS, a blocked read does not.
+    return Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_timeout=block_ms / 1000 + REDIS_REPLY_MARGIN_SECONDS,
+        socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
+    )
+
+
+class HistoryWriter:
+    """One consumer of the `history` group on every shard stream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: str | None = None,
+        limits: WriterLimits = WriterLimits(),
+        metrics: WriterMetrics | None = None,
+    ) -> None:
+        if not settings.database_url:
+            raise ValueError("the history writer needs DATABASE_URL")
+        assert limits.batch_events_max >= 1 and limits.block_ms >= 1
+        self.settings = settings
+        self.limits = limits
+        self.consumer = consumer or default_consumer_name()
+        self.streams = KeySpace(settings.shards).all_streams()
+        self.redis = connect_writer_redis(settings.redis_url, limits.block_ms)
+        self._pool: asyncpg.Pool | None = None
+        self._groups_ready = False
+        self.metrics = metrics or WriterMetrics()
+        self.events_written = 0
+        self.events_reclaimed = 0
+        self.batches_written = 0
+
+    async def __aenter__(self) -> "HistoryWriter":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), PG_CLOSE_SECONDS_MAX)
+            except TimeoutError:
+                self._pool.terminate()
+            self._pool = None
+        await self.redis.aclose()
+
+    async def _database(self) -> asyncpg.Pool:
+        if self._pool is None:
+            # min_size 0: creating the pool needs no server; PostgreSQL may be down at start
+            self._pool = await asyncpg.create_pool(
+                self.settings.database_url,
+                min_size=0,
+                max_size=PG_CONNECTIONS_MAX,
+                init=_prepare_connection,
+                timeout=PG_CONNECT_SECONDS_MAX,
+                command_timeout=PG_COMMAND_SECONDS_MAX,
+            )
+        return self._pool
+
+    async def _ensure_groups(self) -> None:
+        if not self._groups_ready:
+            await ensure_groups(self.redis, self.streams)
+            self._groups_ready = True
+
+    # --- one batch -----------------------------------------------------------------------
+
+    async def _read_new(self, block_ms: int | None) -> list[Entry]:
+        # COUNT applies per stream: split the batch limit between the streams.
+        per_stream = max(1, self.limits.batch_events_max // len(self.streams))
+        reply = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            dict.fromkeys(self.streams, ">"),
+            count=per_stream,
+            block=block_ms,
+        )
+        entries = [
+            (stream, entry_id, fields)
+            for stream, stream_entries in reply or []
+            for entry_id, fields in stream_entries
+        ]
+        assert len(entries) <= max(self.limits.batch_events_max, len(self.streams))
+        return entries
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._database()
+        connection = await pool.acquire()
+        try:
+            yield connection
+        except BaseException:
+            # Whatever state a failed connection is in, the pool must not hand it out again.
+            connection.terminate()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _commit(self, batch: HistoryBatch) -> None:
+        try:
+            async with self._connection() as connection, connection.transaction():
+                await batch.store(connection)
+        except PG_UNREACHABLE:
+            self.metrics.commit_failures.inc()
+            raise
+
+    async def _acknowledge(self, entries: list[Entry]) -> None:
+        ids_by_stream: dict[str, list[str]] = {}
+        for stream, entry_id, _ in entries:
+            ids_by_stream.setdefault(stream, []).append(entry_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in ids_by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+            await pipe.execute()
+
+    async def _retrying(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[None]],
+        transient: tuple[type[BaseException], ...],
+        stop: asyncio.Event | None,
+    ) -> bool:
+        """Run until it succeeds -> True, or until `stop` is set -> False."""
+        backoff = Backoff()
+        while True:
+            try:
+                await operation()
+                if backoff.failures:
+                    log.info("%s succeeded after %d failed attempts", what, backoff.failures)
+                return True
+            except transient as exc:
+                delay = backoff.next_seconds()
+                if backoff.should_log():
+                    log.warning("cannot %s (%r); retrying every <= %.1f s", what, exc, delay)
+                await _pause(stop, delay)
+                if stop is not None and stop.is_set():
+                    return False
+
+    async def _write(self, entries: list[Entry], stop: asyncio.Event | None) -> bool:
+        """Commit, then acknowledge. False when stopped first (the entries stay pending)."""
+        started = time.monotonic()
+        batch = HistoryBatch.decode(entries)
+        if not await self._retrying(
+            "write a batch to PostgreSQL", lambda: self._commit(batch), PG_UNREACHABLE, stop
+        ):
+            return False
+        if self.limits.ack_delay_seconds:
+            await asyncio.sleep(self.limits.ack_delay_seconds)
+        if not await self._retrying(
+            "acknowledge a batch", lambda: self._acknowledge(entries), REDIS_UNREACHABLE, stop
+        ):
+            return False  # committed: whoever reclaims the entries inserts nothing twice
+        self.events_written += len(entries)
+        self.batches_written += 1
+        self.metrics.events_written.inc(len(entries))
+        self.metrics.events_rejected.inc(len(batch.rejected))
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
+        return True
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def _recover_own_pending(self, stop: asyncio.Event | None) -> None:
+        """Write what is pending at this very consumer (a drain that was interrupted, a writer
+        restarted under the same name): nobody else is working on it."""
+        per_stream = max(1, self.limits.batch_events_max // len(self.streams))
+        while True:
+            reply = await self.redis.xreadgroup(
+                GROUP, self.consumer, dict.fromkeys(self.streams, "0"), count=per_stream
+            )
+            entries = [
+                (stream, entry_id, fields)
+                for stream, stream_entries in reply or []
+                for entry_id, fields in stream_entries
+            ]
+            gone = [(stream, entry_id) for stream, entry_id, fields in entries if not fields]
+            for stream, entry_id in gone:  # deleted from the stream: nothing left to write
+                await self.redis.xack(stream, GROUP, entry_id)
+            entries = [entry for entry in entries if entry[2]]
+            if not entries and not gone:
+                return
+            if entries and not await self._write(entries, stop):
+                return
+
+    async def _claim_idle(self, stop: asyncio.Event | None) -> int:
+        """Take over, and write, entries left pending by dead writers -> how many."""
+        claimed_total = 0
+        for stream in self.streams:
+            start = STREAM_START_ID
+            while True:
+                reply = await self.redis.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.consumer,
+                    self.limits.claim_idle_ms,
+                    start,
+                    count=self.limits.batch_events_max,
+                )
+                next_start, claimed = reply[0], reply[1]
+                entries = [(stream, entry_id, fields) for entry_id, fields in claimed if fields]
+                gone = [entry_id for entry_id, fields in claimed if entry_id and not fields]
+                if gone:  # deleted from the stream: nothing left to write
+                    log.warning("%d pending entries of %s no longer exist", len(gone), stream)
+                    await self.redis.xack(stream, GROUP, *gone)
+                if entries:
+                    if not await self._write(entries, stop):
+                        return claimed_total
+                    claimed_total += len(entries)
+                if next_start == STREAM_START_ID:
+                    break
+                start = next_start
+        if claimed_total:
+            log.warning("reclaimed %d entries left pending by stopped writers", claimed_total)
+            self.events_reclaimed += claimed_total
+            self.metrics.events_reclaimed.inc(claimed_total)
+        return claimed_total
+
+    async def _forget_dead_consumers(self) -> None:
+        """Drop consumers long idle with nothing pending, so the group does not grow for ever.
+
+        Never one with pending entries: its pending list is what XAUTOCLAIM recovers.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xinfo_consumers(stream, GROUP)
+            per_stream = await pipe.execute(raise_on_error=False)
+        for stream, consumers in zip(self.streams, per_stream, strict=True):
+            if isinstance(consumers, ResponseError):
+                continue
+            for consumer in consumers:
+                if (
+                    consumer["name"] != self.consumer
+                    and consumer["pending"] == 0
+                    and consumer["idle"] > CONSUMER_IDLE_DELETE_MS
+                ):
+                    await self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
+
+    async def leave_group(self) -> None:
+        """Remove this consumer where it holds nothing pending (a one-off drain's consumer)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xinfo_consumers(stream, GROUP)
+            per_stream = await pipe.execute(raise_on_error=False)
+        for stream, consumers in zip(self.streams, per_stream, strict=True):
+            if isinstance(consumers, ResponseError):
+                continue
+            for consumer in consumers:
+                if consumer["name"] == self.consumer and consumer["pending"] == 0:
+                    await self.redis.xgroup_delconsumer(stream, GROUP, self.consumer)
+
+    async def _trim_acknowledged(self, progress: list[StreamProgress]) -> None:
+        """XTRIM MINID below what every group acknowledged; unacknowledged entries stay."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream_progress in progress:
+                if stream_progress.trim_below_id and stream_progress.length:
+                    pipe.xtrim(
+                        stream_progress.stream,
+                        minid=stream_progress.trim_below_id,
+                        approximate=False,
+                    )
+            await pipe.execute()
+
+    async def progress(self) -> list[StreamProgress]:
+        return await read_progress(self.redis, self.streams)
+
+    async def lag(self) -> WriterLag:
+        """Pending and unacknowledged entries, and how many seconds the history is behind."""
+        lag = WriterLag.of(await self.progress())
+        self.metrics.observe_lag(lag)
+        return lag
+
+    async def _written_before_ms(self) -> int:
+        """Stream time below which every stream is committed and acknowledged."""
+        seconds, microseconds = await self.redis.time()  # before the progress: see streams.py
+        now_ms = seconds * 1000 + microseconds // 1000
+        return min(p.written_before_ms(now_ms) for p in await self.progress())
+
+    async def settle_rounds(self) -> list[tuple[str, str]]:
+        """Compare the closed rounds the streams are written past -> [(round_id, result)]."""
+        async with self._connection() as connection:
+            pending = await connection.fetchval(
+                "SELECT min(close_stream_ms) FROM rounds WHERE status = 'pending'"
+            )
+            if pending is None:
+                return []
+            written_before_ms = await self._written_before_ms()
+            if pending + self.limits.round_close_skew_ms >= written_before_ms:
+                return []
+            settled = await settle_closed_rounds(
+                connection, written_before_ms, self.limits.round_close_skew_ms
+            )
+        for round_id, result in settled:
+            log.log(
+                logging.WARNING if result != "match" else logging.DEBUG,
+                "round %s compared with the provider's aggregate: %s",
+                round_id,
+                result,
+            )
+        return settled
+
+    async def _rounds_pending_through(self, stream_ms: int) -> bool:
+        async with self._connection() as connection:
+            return await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM rounds"
+                " WHERE status = 'pending' AND close_stream_ms <= $1)",
+                stream_ms,
+            )
+
+    # --- the loops -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop` is set. Redis or PostgreSQL outages are waited out, not raised."""
+        backoff = Backoff()
+        next_claim_at = next_trim_at = next_rounds_at = next_lag_at = 0.0
+        log.info("history writer %s started on %d streams", self.consumer, len(self.streams))
+        own_pending_recovered = False
+        while not stop.is_set():
+            try:
+                await self._ensure_groups()
+                if not own_pending_recovered:
+                    await self._recover_own_pending(stop)
+                    own_pending_recovered = True
+                if time.monotonic() >= next_claim_at:
+                    await self._claim_idle(stop)
+                    await self._forget_dead_consumers()
+                    next_claim_at = time.monotonic() + CLAIM_INTERVAL_SECONDS
+                entries = await self._read_new(self.limits.block_ms)
+                if entries and not await self._write(entries, stop):
+                    break
+                now = time.monotonic()
+                if now >= next_trim_at:
+                    progress = await self.progress()
+                    await self._trim_acknowledged(progress)
+                    lag = WriterLag.of(progress)
+                    self.metrics.observe_lag(lag)
+                    next_trim_at = now + TRIM_INTERVAL_SECONDS
+                    if now >= next_lag_at:
+                        self._log_lag(lag)
+                        next_lag_at = now + LAG_LOG_INTERVAL_SECONDS
+                if now >= next_rounds_at:
+                    await self._settle_rounds_if_reachable()
+                    next_rounds_at = now + ROUND_CHECK_INTERVAL_SECONDS
+                backoff.reset()
+            except ResponseError as exc:
+                if not is_missing_group(exc):
+                    raise
+                log.warning("consumer group missing (Redis flushed?): creating it again")
+                self._groups_ready = False
+            except REDIS_UNREACHABLE as exc:
+                delay = backoff.next_seconds()
+                if backoff.should_log():
+                    log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
+                await _pause(stop, delay)
+        log.info(
+            "history writer %s stopped: %d events in %d batches, %d reclaimed",
+            self.consumer,
+            self.events_written,
+            self.batches_written,
+            self.events_reclaimed,
+        )
+
+    async def _settle_rounds_if_reachable(self) -> None:
+        try:
+            await self.settle_rounds()
+        except PG_UNREACHABLE as exc:
+            log.debug("rounds not compared yet, PostgreSQL unreachable: %r", exc)
+
+    def _log_lag(self, lag: WriterLag) -> None:
+        level = logging.WARNING if lag.seconds_behind > LAG_WARN_SECONDS else logging.INFO
+        log.log(level, "%s (%s)", lag.render(), self.consumer)
+
+    async def drain_until_caught_up(self, timeout_s: float) -> bool:
+        """Write every entry the streams hold when called, and compare the rounds closed
+        before it. True once all of it is committed and acknowledged; False after timeout_s.
+
+        Entries pending at another consumer are waited for, or reclaimed once idle
+        `claim_idle_ms` (a dead writer's).
+        """
+        # The deadline is an event the loop checks, not only a cancellation: on Python 3.11,
+        # asyncio.wait_for (which redis-py wraps around every socket write) can swallow a
+        # cancellation that arrives as the write completes.
+        stop = asyncio.Event()
+        expiry = asyncio.get_running_loop().call_later(timeout_s, stop.set)
+        try:
+            async with asyncio.timeout(timeout_s + DRAIN_OVERRUN_SECONDS_MAX) as backstop:
+                return await self._drain(stop)
+        except TimeoutError:
+            if backstop.expired():
+                return False
+            raise
+        finally:
+            expiry.cancel()
+
+    async def _drain(self, stop: asyncio.Event) -> bool:
+        backoff = Backoff()
+        targets: dict[str, str] | None = None
+        next_check_at = 0.0
+        while not stop.is_set():
+            try:
+                await self._ensure_groups()
+                if targets is None:
+                    targets = {p.stream: p.last_generated_id for p in await self.progress()}
+                    await self._recover_own_pending(stop)
+                    continue
+                entries = await self._read_new(block_ms=None)
+                if entries:
+                    await self._write(entries, stop)
+                    # under steady traffic reads never come back empty: check now and then
+                    if time.monotonic() < next_check_at:
+                        continue
+                next_check_at = time.monotonic() + DRAIN_CHECK_INTERVAL_SECONDS
+                progress = await self.progress()
+                if all(p.written_through(targets[p.stream]) for p in progress):
+                    await self._trim_acknowledged(progress)
+                    return await self._settle_rounds_through(
+                        max(stream_id_ms(target) for target in targets.values()), stop
+                    )
+                if not await self._claim_idle(stop) and not entries:
+                    await _pause(stop, DRAIN_POLL_SECONDS)
+                backoff.reset()
+            except ResponseError as exc:
+                if not is_missing_group(exc):
+                    raise
+                self._groups_ready = False
+            except REDIS_UNREACHABLE as exc:
+                delay = backoff.next_seconds()
+                if backoff.should_log():
+                    log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
+                await _pause(stop, delay)
+        return False
+
+    async def _settle_rounds_through(self, stream_ms: int, stop: asyncio.Event) -> bool:
+        """Compare every round closed up to `stream_ms` (waits out the clock skew margin)."""
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                await self.settle_rounds()
+                if not await self._rounds_pending_through(stream_ms):
+                    return True
+                await _pause(stop, DRAIN_POLL_SECONDS)
+            except PG_UNREACHABLE:
+                await _pause(stop, backoff.next_seconds())
+        return False
+
+
+async def run_history_writer(
+    settings: Settings,
+    stop: asyncio.Event,
+    consumer: str | None = None,
+    limits: WriterLimits = WriterLimits(),
+    metrics_port: int | None = None,
+    metrics_host: str = METRICS_HOST_DEFAULT,
+) -> None:
+    """A writer until `stop` is set (for `wallet-gateway writer` and `up`); with a
+    metrics_port, its Prometheus metrics at http://metrics_host:metrics_port/metrics."""
+    async with HistoryWriter(settings, consumer, limits) as writer:
+        if metrics_port is None:
+            await writer.run(stop)
+            return
+        await asyncio.gather(
+            writer.run(stop), serve_metrics(writer.metrics, metrics_host, metrics_port, stop)
+        )
+
+
+async def _run_until_signalled(
+    settings: Settings,
+    consumer: str | None,
+    limits: WriterLimits,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run_history_writer(settings, stop, consumer, limits, metrics_port, metrics_host)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m persistence.writer",
+        description="Drain the wallet's event streams into PostgreSQL until SIGINT/SIGTERM.",
+    )
+    add_setting_flags(parser)
+    parser.add_argument("--consumer", help="consumer name (default: host-pid-random)")
+    parser.add_argument("--batch-events-max", type=int, default=BATCH_EVENTS_MAX)
+    parser.add_argument("--claim-idle-ms", type=int, default=CLAIM_IDLE_MS)
+    parser.add_argument(
+        "--ack-delay-ms", type=int, default=0, help="fault injection (tests): pause before XACK"
+    )
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
+    parser.add_argument("--metrics-host", default=METRICS_HOST_DEFAULT)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not settings.redis_url or not settings.database_url:
+        parser.error("REDIS_URL and DATABASE_URL are required")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    limits = WriterLimits(
+        batch_events_max=args.batch_events_max,
+        claim_idle_ms=args.claim_idle_ms,
+        ack_delay_seconds=args.ack_delay_ms / 1000,
+    )
+    uvloop.run(
+        _run_until_signalled(settings, args.consumer, limits, args.metrics_port, args.metrics_host)
+    )
+
+
+if __name__ == "__main__":
+    main()
