@@ -16,6 +16,7 @@ from gateway.sessions import Sessions
 from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.wallet import Wallet
+from persistence.support_api import SupportApi
 
 HISTORY_POOL_CONNECTIONS_MAX = 4
 
@@ -83,6 +84,16 @@ def create_gateway_app(services: Services) -> web.Application:
     return _with_envelope_fallback(app)
 
 
+def operations_api(services: Services) -> OperationsApi:
+    return OperationsApi(
+        services.redis,
+        services.wallet.scripts,
+        services.metrics,
+        services.history_pool,
+        services.settings.shards,
+    )
+
+
 def create_admin_app(services: Services) -> web.Application:
     settings = services.settings
     app = web.Application(middlewares=[bearer_token_middleware(settings.admin_token)])
@@ -90,9 +101,7 @@ def create_admin_app(services: Services) -> web.Application:
         settings.provider_base_url, settings.provider_public_key, settings.operator_id
     )
     app.add_routes(AdminApi(services.wallet, services.sessions, launch_client).routes())
-    app.add_routes(
-        OperationsApi(
-            services.redis, services.wallet.scripts, services.metrics, services.history_pool
-        ).routes()
-    )
+    app.add_routes(operations_api(services).routes())
+    if services.history_pool is not None:
+        app.add_routes(SupportApi(services.history_pool).routes())
     return _with_envelope_fallback(app)

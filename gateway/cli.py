@@ -1,10 +1,13 @@
 """`wallet-gateway`: a thin command line over the library."""
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
 
 from gateway import conformance, server, simulator
 from gateway.logs import configure_logging
@@ -12,6 +15,10 @@ from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack, ensure_credentials
 from loadtests import bench
+from persistence import writer
+from persistence.reconcile import reconcile
+from persistence.restore import RestoreRefused, restore
+from persistence.schema import migrate
 
 log = logging.getLogger("gateway.cli")
 
@@ -40,8 +47,8 @@ def command_up(settings: Settings) -> int:
     stack = EmbeddedStack(settings)
     try:
         settings = stack.start(settings)
-        companions = _history_companions(settings)
-        server.run(settings, started=lambda: _print_banner(settings), companions=companions)
+        asyncio.run(migrate(settings.database_url))
+        server.run(settings, started=lambda: _print_banner(settings), with_writer=True)
     finally:
         stack.stop()
     return 0
@@ -56,19 +63,66 @@ def command_serve(settings: Settings) -> int:
     return 0
 
 
-def _history_companions(settings: Settings) -> tuple[server.Companion, ...]:
-    """The history writer runs beside the listeners when a database is configured."""
-    return ()
+def _needs(settings: Settings, *names: str) -> Settings:
+    missing = [name.upper() for name in names if not getattr(settings, name)]
+    if missing:
+        raise ValueError(f"this command needs {' and '.join(missing)}")
+    return settings
+
+
+def command_migrate(settings: Settings) -> int:
+    applied = asyncio.run(migrate(_needs(settings, "database_url").database_url))
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
+def command_reconcile(settings: Settings) -> int:
+    """Exit 0 only when Redis and PostgreSQL agree."""
+    _needs(settings, "redis_url", "database_url")
+    report = asyncio.run(_with_redis(settings, reconcile))
+    print(report.render())
+    return 0 if report.agrees else 1
+
+
+async def _with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return await work(redis, settings.database_url, settings, *extra)
+    finally:
+        await redis.aclose()
+
+
+class RestoreCommand:
+    """`restore [--force]`: rebuild the hot wallet from PostgreSQL into an empty Redis."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_setting_flags(parser)
+        parser.add_argument(
+            "--force", action="store_true", help="restore into a Redis that is not empty"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        settings = _needs(load_settings(args), "redis_url", "database_url")
+        configure_logging(settings.log_level)
+        try:
+            report = asyncio.run(_with_redis(settings, restore, args.force))
+        except RestoreRefused as exc:
+            print(f"wallet-gateway: restore refused: {exc}", file=sys.stderr)
+            return 1
+        print(report.render())
+        return 0
 
 
 COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
     "up": (command_up, "run the whole stack: embedded Redis and PostgreSQL, gateway, writer"),
     "serve": (command_serve, "run the gateway and admin API against REDIS_URL"),
+    "migrate": (command_migrate, "apply the history's SQL migrations to DATABASE_URL"),
+    "reconcile": (command_reconcile, "prove Redis and PostgreSQL agree; exit 1 if they do not"),
 }
 
 
 class Tool(Protocol):
-    """A command with arguments of its own (it plays the provider, not the operator)."""
+    """A command with arguments of its own."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -79,6 +133,8 @@ TOOLS: dict[str, tuple[Tool, str]] = {
     "simulate": (simulator, "play the game provider against a wallet (and serve its launch API)"),
     "conformance": (conformance, "check any wallet against the protocol's rules; exit 1 on a FAIL"),
     "bench": (bench, "benchmark the whole stack with locust; report, chart and money check"),
+    "writer": (writer, "drain the event streams into PostgreSQL (the durable history)"),
+    "restore": (RestoreCommand(), "rebuild the hot wallet from PostgreSQL into an empty Redis"),
 }
 
 
@@ -97,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in TOOLS:
-            configure_logging("WARNING")
+            configure_logging("WARNING")  # a tool that reads settings sets their level itself
             tool, _ = TOOLS[args.command]
             return tool.run(args)
         settings = load_settings(args)

@@ -123,7 +123,11 @@ class EmbeddedRedis:
             retry=Retry(NoBackoff(), retries=0),  # _wait_until_ready is the retry loop
         )
         try:
-            return client.info("server")["process_id"] == pid
+            # ready = ours, and done replaying the AOF (until then commands answer LOADING)
+            return (
+                client.info("server")["process_id"] == pid
+                and not client.info("persistence")["loading"]
+            )
         except redis.RedisError:  # refused while starting, LOADING while replaying the AOF
             return False
         finally:

@@ -9,10 +9,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.callbacks import respond
-from gateway.metrics import Metrics
+from gateway.keys import KeySpace
+from gateway.metrics import Metrics, Probe
 from gateway.openapi import openapi_document
 from gateway.outcomes import OK
 from gateway.scripts import Scripts
+from persistence.streams import WriterLag, read_progress
 
 PROBE_TIMEOUT_SECONDS = 1.0
 # probes, scrapers and the API document need no admin token
@@ -21,13 +23,29 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 class OperationsApi:
     def __init__(
-        self, redis: Redis, scripts: Scripts, metrics: Metrics, pool: asyncpg.Pool | None
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        metrics: Metrics,
+        pool: asyncpg.Pool | None,
+        shards: int,
     ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.metrics = metrics
         self.pool = pool
-        self._openapi = web.json_response(openapi_document()).body
+        self.streams = KeySpace(shards).all_streams()
+
+    def probes(self) -> list[Probe]:
+        """What keeps the shared gauges fresh between scrapes (metrics.refresh_gauges)."""
+        return [self.redis_ready, self.postgres_ready, self.stream_gauges]
+
+    async def stream_gauges(self) -> None:
+        progress = await read_progress(self.redis, self.streams)
+        lag = WriterLag.of(progress)
+        self.metrics.stream_length.set(sum(stream.length for stream in progress))
+        self.metrics.writer_lag.set(lag.retained_events)
+        self.metrics.writer_lag_seconds.set(lag.seconds_behind)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -77,4 +95,4 @@ class OperationsApi:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._openapi, content_type="application/json")
+        return web.json_response(openapi_document())

@@ -5,6 +5,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.settings import Settings
 
@@ -30,4 +31,7 @@ def connect_redis(settings: Settings) -> Redis:
         socket_connect_timeout=timeout_seconds,
         max_connections=REDIS_CONNECTIONS_MAX,
         connection_class=HiredisPackedConnection,
+        # after a Redis restart every pooled connection is dead once: try a fresh one before
+        # answering 503 (safe: a script that did run is found by its idempotency record)
+        retry_on_error=[RedisConnectionError],
     )

@@ -5,19 +5,18 @@ import asyncio
 import logging
 import multiprocessing
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
-from gateway.app import Services, create_admin_app, create_gateway_app
+from gateway.app import Services, create_admin_app, create_gateway_app, operations_api
+from gateway.metrics import refresh_gauges
 from gateway.settings import Settings
+from persistence.writer import run_writer_process
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 log = logging.getLogger("gateway.server")
-
-# Extra work the main process runs beside the listeners (the history writer under `up`).
-Companion = Callable[[Services, asyncio.Event], Awaitable[None]]
 
 
 async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -34,10 +33,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def serve(
-    settings: Settings,
-    with_admin: bool,
-    started: Callable[[], None] | None = None,
-    companions: tuple[Companion, ...] = (),
+    settings: Settings, with_admin: bool, started: Callable[[], None] | None = None
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight calls, and exit."""
     stop = asyncio.Event()
@@ -49,11 +45,13 @@ async def serve(
             create_gateway_app(services), settings.gateway_host, settings.gateway_port
         )
     ]
+    tasks = []
     if with_admin:
         runners.append(
             await _start_site(create_admin_app(services), settings.admin_host, settings.admin_port)
         )
-    tasks = [asyncio.create_task(companion(services, stop)) for companion in companions]
+        probes = operations_api(services).probes()
+        tasks.append(asyncio.create_task(refresh_gauges(services.metrics, probes, stop)))
     if started:
         started()
     await stop.wait()
@@ -69,20 +67,23 @@ def _worker_main(settings: Settings) -> None:
 
 
 def run(
-    settings: Settings,
-    started: Callable[[], None] | None = None,
-    companions: tuple[Companion, ...] = (),
+    settings: Settings, started: Callable[[], None] | None = None, with_writer: bool = False
 ) -> None:
-    """The main process serves the gateway and admin API; `workers - 1` more serve the gateway."""
+    """The main process serves the gateway and admin API; `workers - 1` more serve the gateway;
+    `with_writer`, one more drains the streams into PostgreSQL (`up`)."""
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker_main, args=(settings,), name=f"gateway-worker-{n}")
         for n in range(1, settings.workers)
     ]
+    if with_writer:
+        workers.append(
+            context.Process(target=run_writer_process, args=(settings,), name="history-writer")
+        )
     for worker in workers:
         worker.start()
     try:
-        uvloop.run(serve(settings, with_admin=True, started=started, companions=companions))
+        uvloop.run(serve(settings, with_admin=True, started=started))
     finally:
         for worker in workers:
             worker.terminate()

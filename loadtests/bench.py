@@ -35,7 +35,7 @@ from gateway.settings import Settings
 from gateway.stack import EmbeddedStack
 from persistence.reconcile import reconcile
 from persistence.schema import migrate
-from persistence.streams import WriterLag, read_progress
+from persistence.streams import WriterLag, read_lag
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOOPBACK = "127.0.0.1"
@@ -263,13 +263,9 @@ class LagSampler:
     async def sample(self) -> WriterLag:
         from redis.asyncio import Redis
 
-        from gateway.keys import KeySpace
-
         redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
         try:
-            return WriterLag.of(
-                await read_progress(redis, KeySpace(self.settings.shards).all_streams())
-            )
+            return await read_lag(redis, self.settings.shards)
         finally:
             await redis.aclose()
 

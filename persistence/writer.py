@@ -25,6 +25,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.keys import KeySpace
+from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
 from persistence.batch import STAGING_DDL, Entry, HistoryBatch
 from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
@@ -631,11 +633,15 @@ async def _run_until_signalled(
     await run_history_writer(settings, stop, consumer, limits, metrics_port, metrics_host)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m persistence.writer",
-        description="Drain the wallet's event streams into PostgreSQL until SIGINT/SIGTERM.",
-    )
+def run_writer_process(settings: Settings) -> None:
+    """The writer as a child process of `up`: its own core, stopped by SIGINT/SIGTERM."""
+    configure_logging(settings.log_level)
+    uvloop.run(_run_until_signalled(settings, None, WriterLimits(), None, METRICS_HOST_DEFAULT))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`wallet-gateway writer` and `python -m persistence.writer`: the settings flags and the
+    writer's own."""
     add_setting_flags(parser)
     parser.add_argument("--consumer", help="consumer name (default: host-pid-random)")
     parser.add_argument("--batch-events-max", type=int, default=BATCH_EVENTS_MAX)
@@ -645,16 +651,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
     parser.add_argument("--metrics-host", default=METRICS_HOST_DEFAULT)
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Drain the wallet's event streams into PostgreSQL until SIGINT/SIGTERM."""
+    settings = load_settings(args)
     if not settings.redis_url or not settings.database_url:
-        parser.error("REDIS_URL and DATABASE_URL are required")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+        raise ValueError("the writer needs REDIS_URL and DATABASE_URL")
+    configure_logging(settings.log_level)
     limits = WriterLimits(
         batch_events_max=args.batch_events_max,
         claim_idle_ms=args.claim_idle_ms,
@@ -663,7 +667,10 @@ def main(argv: list[str] | None = None) -> None:
     uvloop.run(
         _run_until_signalled(settings, args.consumer, limits, args.metrics_port, args.metrics_host)
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from gateway.cli import main
+
+    sys.exit(main(["writer", *sys.argv[1:]]))
