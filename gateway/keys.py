@@ -8,6 +8,10 @@ live in the player's shard. CLOSE_ROUND has no player: it lives in the shard of 
 import zlib
 
 PREFIX = "w"
+# Joins two identifiers in one key; it never occurs inside a printable identifier.
+FIELD_SEPARATOR = "\x1f"
+# The owner of a CLOSE_ROUND's tx id (it has no player): its round (lua/money_common.lua).
+CLOSE_ROUND_OWNER_PREFIX = f"{FIELD_SEPARATOR}round{FIELD_SEPARATOR}"
 
 
 def shard_of(identifier: str, shards: int) -> int:
@@ -50,8 +54,9 @@ class KeySpace:
         return f"{PREFIX}:{{{shard}}}:earlywin:{bet_tx_id}"
 
     @staticmethod
-    def adjustment(shard: int, reference: str) -> str:
-        return f"{PREFIX}:{{{shard}}}:adj:{reference}"
+    def adjustment(shard: int, user_id: str, reference: str) -> str:
+        """A cashier adjustment: its reference is the player's own (unique per player)."""
+        return f"{PREFIX}:{{{shard}}}:adj:{user_id}{FIELD_SEPARATOR}{reference}"
 
     @staticmethod
     def session(shard: int, session_token: str) -> str:

@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 
+from gateway.keys import FIELD_SEPARATOR
+
 AMOUNT_MILLIS_MAX = 10**15
 IDENTIFIER_CHARS_MAX = 128
-FIELD_SEPARATOR = "\x1f"  # never inside a printable identifier
 # str.isupper() alone lets "U5D" and "U D" through: a cased letter is enough for it.
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 

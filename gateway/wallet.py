@@ -282,7 +282,7 @@ class Wallet:
         outcome, balance = await self.run_script(
             self.scripts.adjust_balance,
             [
-                self.keys.adjustment(shard, reference),
+                self.keys.adjustment(shard, user_id, reference),
                 self.keys.player(shard, user_id),
                 self.keys.events(shard),
             ],

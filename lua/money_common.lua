@@ -9,6 +9,7 @@ local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, 
 local INCIDENTS_KEPT_MAX = 10000
 -- Who a tx id belongs to: its player; a CLOSE_ROUND has none, so its round (records of two
 -- rounds may sit in different shards). \31 never occurs in an identifier: no player id clashes.
+-- (gateway/keys.py CLOSE_ROUND_OWNER_PREFIX says the same for restore.)
 local owner_id = user_id
 if user_id == '' then owner_id = '\31round\31' .. round_id end
 

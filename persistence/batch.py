@@ -89,7 +89,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO NOTHING
 
 INSERT_ADJUSTMENT = """
 INSERT INTO adjustments (reference, user_id, amount, balance_after, created_at, stream_id)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (reference) DO NOTHING
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, reference) DO NOTHING
 """
 
 INSERT_SESSION = """

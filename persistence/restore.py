@@ -29,7 +29,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from gateway.keys import KeySpace
+from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.outcomes import INCIDENT_OUTCOMES
 from gateway.schemas import BET_ACTIONS, CLOSE_ROUND_ACTION
 from gateway.settings import Settings
@@ -38,8 +38,6 @@ from persistence.batch import datetime_to_ms, ms_to_datetime
 RESTORE_PIPELINE_COMMANDS_MAX = 1000  # commands per pipeline round trip
 RESTORE_FETCH_ROWS = 2000  # rows per cursor fetch
 INCIDENTS_KEPT_MAX = 10_000  # per shard, as lua/money_common.lua keeps them
-# The owner of a CLOSE_ROUND's tx id is its round, as lua/money_common.lua writes it (owner_id).
-CLOSE_ROUND_OWNER_PREFIX = "\x1fround\x1f"
 PG_CONNECT_SECONDS_MAX = 10.0
 
 PLAYERS = """
@@ -295,7 +293,7 @@ async def _restore_adjustments(
         remaining_ms = datetime_to_ms(row["created_at"]) + retention_ms - now_ms
         if remaining_ms <= 0:
             continue
-        key = keys.adjustment(keys.shard(row["user_id"]), row["reference"])
+        key = keys.adjustment(keys.shard(row["user_id"]), row["user_id"], row["reference"])
         if force:
             pipe.pipe.delete(key)
         pipe.pipe.hset(

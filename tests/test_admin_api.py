@@ -401,3 +401,15 @@ async def test_create_player_with_maxbet_zero_is_refused(admin: Admin) -> None:
     assert status == 400 and body["data"] is None
     status, _ = await admin.call("GET", "/admin/players/p-zero")
     assert status == 404
+
+
+@pytest.mark.parametrize("other", ["a", "player-2"])  # same shard as player-1, and another
+async def test_adjustment_references_belong_to_their_player(admin: Admin, other: str) -> None:
+    await admin.create_player("player-1", 1_000)
+    await admin.create_player(other, 1_000)
+    for user_id in ("player-1", other):
+        status, body = await admin.call(
+            "POST", f"/admin/players/{user_id}/adjustments", {"amount": 500, "reference": "dep-1"}
+        )
+        assert status == 200, body
+        assert body["data"]["balance"] == 1_500

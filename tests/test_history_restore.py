@@ -52,7 +52,8 @@ async def snapshot_keys(services: Services) -> dict[str, tuple[Any, int]]:
     found: dict[str, tuple[Any, int]] = {}
     for shard in range(keys.shards):
         for kind in RESTORED_KEY_KINDS:
-            async for key in redis.scan_iter(match=getattr(keys, kind)(shard, "*")):
+            wildcards = ("*", "*") if kind == "adjustment" else ("*",)  # (player, reference)
+            async for key in redis.scan_iter(match=getattr(keys, kind)(shard, *wildcards)):
                 value = (
                     await redis.hgetall(key)
                     if await redis.type(key) == "hash"

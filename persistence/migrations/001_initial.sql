@@ -54,12 +54,13 @@ CREATE INDEX transactions_by_time ON transactions (created_at);
 -- The cashier's deposits and withdrawals.
 CREATE TABLE adjustments (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    reference       text NOT NULL UNIQUE,
+    reference       text NOT NULL,            -- the cashier's id, unique per player
     user_id         text NOT NULL,
     amount          bigint NOT NULL,          -- millis, signed
     balance_after   bigint NOT NULL,          -- millis
     created_at      timestamptz NOT NULL,
-    stream_id       text NOT NULL
+    stream_id       text NOT NULL,
+    UNIQUE (user_id, reference)
 );
 CREATE INDEX adjustments_by_user_and_time ON adjustments (user_id, created_at);
 
