@@ -67,22 +67,32 @@ def respond(
     )
 
 
-def money_answer(reply: WalletReply, request: BetRequest | WinRequest | RollbackRequest) -> Answer:
-    answer = Answer(
+def wallet_answer(
+    reply: WalletReply,
+    request: BetRequest | WinRequest | RollbackRequest | CloseRoundRequest,
+    data_if_ok: dict[str, Any],
+) -> Answer:
+    return Answer(
         reply.outcome,
+        data_if_ok if reply.outcome == OK else None,
         action=request.action,
         provider_tx_id=request.provider_tx_id,
         replayed=reply.replayed,
     )
-    if reply.outcome == OK:
-        answer.data = {
+
+
+def money_answer(reply: WalletReply, request: BetRequest | WinRequest | RollbackRequest) -> Answer:
+    return wallet_answer(
+        reply,
+        request,
+        {
             "user_id": request.user_id,
             "currency": reply.currency,
             "new_balance": reply.balance_millis,
             "provider_tx_id": request.provider_tx_id,
             "operator_tx_id": reply.operator_tx_id,
-        }
-    return answer
+        },
+    )
 
 
 class RequestIds:
@@ -185,15 +195,9 @@ class Callbacks:
         if action == CLOSE_ROUND_ACTION:
             close = CloseRoundRequest.parse(decode_object(body, exact_decimals=True))
             reply = await self.wallet.close_round(close, body)
-            answer = Answer(
-                reply.outcome,
-                action=close.action,
-                provider_tx_id=close.provider_tx_id,
-                replayed=reply.replayed,
+            return wallet_answer(
+                reply, close, {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id}
             )
-            if reply.outcome == OK:
-                answer.data = {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id}
-            return answer
         raise InvalidRequest("action must be one of WIN, FREE_BET_WIN, ROLL_BACK, CLOSE_ROUND")
 
     async def balance(self, payload: dict[str, Any], body: bytes) -> Answer:

@@ -206,15 +206,7 @@ class WinRequest:
         )
 
     def fingerprint(self) -> str:
-        return fingerprint(
-            self.action,
-            self.user_id,
-            self.amount_millis,
-            self.currency,
-            self.round_id,
-            self.bet_tx_id,
-            self.game,
-        )
+        return settlement_fingerprint(self)
 
 
 @dataclass(slots=True, frozen=True)
@@ -241,15 +233,19 @@ class RollbackRequest:
         )
 
     def fingerprint(self) -> str:
-        return fingerprint(
-            self.action,
-            self.user_id,
-            self.amount_millis,
-            self.currency,
-            self.round_id,
-            self.bet_tx_id,
-            self.game,
-        )
+        return settlement_fingerprint(self)
+
+
+def settlement_fingerprint(request: WinRequest | RollbackRequest) -> str:
+    return fingerprint(
+        request.action,
+        request.user_id,
+        request.amount_millis,
+        request.currency,
+        request.round_id,
+        request.bet_tx_id,
+        request.game,
+    )
 
 
 @dataclass(slots=True, frozen=True)

@@ -323,82 +323,31 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
         admin_url = f"http://{LOOPBACK}:{settings.admin_port}"
         load_env = child_env(settings, ADMIN_URL=admin_url)
         sampler.start()
+
+        def measure(
+            name: str, locust_class: str, workers: int, target: str, rps: float | None = None
+        ) -> PhaseResult:
+            phase = PhaseResult(name, locust_class, workers, args.users, args.duration_seconds, rps)
+            report.phases.append(run_locust(phase, target, load_env, out_dir, lag))
+            return phase
+
         ceiling_port = free_port()
-        with running(
-            [sys.executable, "-m", "loadtests.empty_app", str(ceiling_port)],
-            load_env,
-            out_dir / "empty_app.log",
-        ):
+        ceiling = [sys.executable, "-m", "loadtests.empty_app", str(ceiling_port)]
+        with running(ceiling, load_env, out_dir / "empty_app.log"):
             time.sleep(1.0)
-            report.phases.append(
-                run_locust(
-                    PhaseResult(
-                        "ceiling", "EmptyHandlerCeiling", 1, args.users, args.duration_seconds, None
-                    ),
-                    f"http://{LOOPBACK}:{ceiling_port}",
-                    load_env,
-                    out_dir,
-                    lag,
-                )
-            )
-        with running(
-            [sys.executable, "-m", "persistence.writer"],
-            child_env(settings),
-            out_dir / "writer.log",
-        ):
+            measure("ceiling", "EmptyHandlerCeiling", 1, f"http://{LOOPBACK}:{ceiling_port}")
+        writer = [sys.executable, "-m", "persistence.writer"]
+        with running(writer, child_env(settings), out_dir / "writer.log"):
             for workers in args.workers:
                 gateway = [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)]
                 with running(gateway, child_env(settings), out_dir / f"gateway-{workers}.log"):
                     wait_until_ready(admin_url + "/readyz", out_dir / f"gateway-{workers}.log")
-                    new_bets = run_locust(
-                        PhaseResult(
-                            f"new-bets-{workers}-process",
-                            "NewBets",
-                            workers,
-                            args.users,
-                            args.duration_seconds,
-                            None,
-                        ),
-                        host,
-                        load_env,
-                        out_dir,
-                        lag,
-                    )
-                    report.phases.append(new_bets)
+                    new_bets = measure(f"new-bets-{workers}-process", "NewBets", workers, host)
                     if workers != args.workers[0]:
                         continue
-                    report.phases.append(
-                        run_locust(
-                            PhaseResult(
-                                "provider-mix",
-                                "Provider",
-                                workers,
-                                args.users,
-                                args.duration_seconds,
-                                None,
-                            ),
-                            host,
-                            load_env,
-                            out_dir,
-                            lag,
-                        )
-                    )
-                    report.phases.append(
-                        run_locust(
-                            PhaseResult(
-                                "new-bets-half-rate",
-                                "NewBets",
-                                workers,
-                                args.users,
-                                args.duration_seconds,
-                                HALF_RATE_FRACTION * new_bets.total["rps"],
-                            ),
-                            host,
-                            load_env,
-                            out_dir,
-                            lag,
-                        )
-                    )
+                    measure("provider-mix", "Provider", workers, host)
+                    half_rate = HALF_RATE_FRACTION * new_bets.total["rps"]
+                    measure("new-bets-half-rate", "NewBets", workers, host, half_rate)
                     report.duplicates_replayed = scrape_replays(admin_url)
             print("[bench] waiting for the history writer, then reconciling", flush=True)
             outcome = asyncio.run(_reconcile(settings))
