@@ -5,9 +5,7 @@ wallet call. Every answer, success or error, is the protocol's envelope; every a
 counted and logged in one place.
 """
 
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,9 +33,16 @@ from gateway.schemas import (
 )
 from gateway.sessions import Sessions
 from gateway.signing import KeyRing
-from gateway.wallet import REDIS_UNREACHABLE, Wallet, WalletReply, WalletUnavailable
+from gateway.wallet import (
+    REDIS_UNREACHABLE,
+    ProcessUniqueIds,
+    Wallet,
+    WalletReply,
+    WalletUnavailable,
+)
 
 BODY_BYTES_MAX = 64 * 1024
+REQUEST_ID_PREFIX_BYTES = 3  # short: a log line's id only needs to be unique for a while
 
 log = logging.getLogger("gateway.callbacks")
 
@@ -95,17 +100,6 @@ def money_answer(reply: WalletReply, request: BetRequest | WinRequest | Rollback
     )
 
 
-class RequestIds:
-    """A short id per callback for the logs: a per-process prefix and a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(3)
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter)}"
-
-
 class Callbacks:
     def __init__(
         self, wallet: Wallet, sessions: Sessions, key_ring: KeyRing, metrics: Metrics
@@ -114,7 +108,7 @@ class Callbacks:
         self.sessions = sessions
         self.key_ring = key_ring
         self.metrics = metrics
-        self._request_ids = RequestIds()
+        self._request_ids = ProcessUniqueIds(REQUEST_ID_PREFIX_BYTES)
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import aiohttp
 import orjson
@@ -122,7 +122,36 @@ def parse_json(body: bytes) -> Any:
 # --- the client ---------------------------------------------------------------------------------
 
 
-class ProviderClient:
+class HttpClient:
+    """An aiohttp session made on first use (a ClientSession belongs to the running event loop)
+    and closed by `close()` or the `async with` block."""
+
+    def __init__(self, timeout_seconds: float, connections_max: int = CONNECTIONS_MAX) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._connections_max = connections_max
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._connections_max),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class ProviderClient(HttpClient):
     """Posts signed callbacks to one wallet; safe to use from many tasks at once."""
 
     def __init__(
@@ -133,32 +162,12 @@ class ProviderClient:
         retry: RetryPolicy = NO_RETRY,
         timeout_seconds: float = CALLBACK_TIMEOUT_SECONDS,
     ) -> None:
+        super().__init__(timeout_seconds)
         self.wallet_url = wallet_url.rstrip("/")
         self.public_key = public_key
         self.secret = secret
         self.retry = retry
         self.stats = CallStats()
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client_session(self) -> aiohttp.ClientSession:
-        # created on first use: a ClientSession belongs to the running event loop
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS_MAX)
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> "ProviderClient":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def post(
         self, path: str, payload: dict[str, Any], retry: RetryPolicy | None = None
@@ -387,36 +396,22 @@ class AdminError(RuntimeError):
     """The admin API refused a call."""
 
 
-class OperatorAdmin:
+class OperatorAdmin(HttpClient):
     """Client of this project's admin API (bearer token): players, sessions, launches."""
 
     def __init__(self, admin_url: str, admin_token: str, user_id_prefix: str = "") -> None:
+        super().__init__(ADMIN_TIMEOUT_SECONDS)
         self.admin_url = admin_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {admin_token}"}
         # unique per run, so that repeated runs against one wallet never collide
         self._user_id_prefix = user_id_prefix or f"p-{secrets.token_hex(4)}"
         self._user_numbers = itertools.count(1)
-        self._timeout = aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_SECONDS)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> "OperatorAdmin":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def call(
         self, method: str, path: str, payload: dict[str, Any] | None, expected_status: int
     ) -> Any:
         """-> the envelope's `data`; AdminError on any other status."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._session.request(
+        async with self._client_session().request(
             method, self.admin_url + path, json=payload, headers=self._headers
         ) as response:
             body = await response.read()

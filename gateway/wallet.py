@@ -25,6 +25,7 @@ from gateway.settings import Settings
 
 REDIS_LOADING_WAIT_SECONDS_MAX = 600
 REDIS_LOADING_POLL_SECONDS = 0.2
+OPERATOR_TX_ID_PREFIX_BYTES = 6
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -69,12 +70,12 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class OperatorTxIds:
-    """Our id for each applied call: a random per-process prefix and a counter (cheaper than a
-    uuid per call, unique across processes and restarts)."""
+class ProcessUniqueIds:
+    """Ids unique across processes and restarts: a random per-process prefix and a counter
+    (cheaper than a uuid per call). Our operator_tx_id; the logs' request id."""
 
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6)
+    def __init__(self, prefix_bytes: int) -> None:
+        self._prefix = secrets.token_hex(prefix_bytes)
         self._counter = itertools.count(1)
 
     def next(self) -> str:
@@ -88,7 +89,7 @@ class Wallet:
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
         self._script_calls = CoalescedScriptCalls(redis)
-        self._operator_tx_ids = OperatorTxIds()
+        self._operator_tx_ids = ProcessUniqueIds(OPERATOR_TX_ID_PREFIX_BYTES)
         self._retention_ms = settings.record_retention_seconds * 1000
         self.session_idle_ms = settings.session_idle_seconds * 1000
         # a session record outlives its expiry by a day, so a late call is told 'expired'
