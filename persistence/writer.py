@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 import uvloop
@@ -377,33 +378,32 @@ class HistoryWriter:
 
         Never one with pending entries: its pending list is what XAUTOCLAIM recovers.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream in self.streams:
-                pipe.xinfo_consumers(stream, GROUP)
-            per_stream = await pipe.execute(raise_on_error=False)
-        for stream, consumers in zip(self.streams, per_stream, strict=True):
-            if isinstance(consumers, ResponseError):
-                continue
-            for consumer in consumers:
-                if (
-                    consumer["name"] != self.consumer
-                    and consumer["pending"] == 0
-                    and consumer["idle"] > CONSUMER_IDLE_DELETE_MS
-                ):
-                    await self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
+        for stream, consumer in await self._group_consumers():
+            if (
+                consumer["name"] != self.consumer
+                and consumer["pending"] == 0
+                and consumer["idle"] > CONSUMER_IDLE_DELETE_MS
+            ):
+                await self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
     async def leave_group(self) -> None:
         """Remove this consumer where it holds nothing pending (a one-off drain's consumer)."""
+        for stream, consumer in await self._group_consumers():
+            if consumer["name"] == self.consumer and consumer["pending"] == 0:
+                await self.redis.xgroup_delconsumer(stream, GROUP, self.consumer)
+
+    async def _group_consumers(self) -> list[tuple[str, dict[str, Any]]]:
+        """(stream, consumer info) of the group on every stream that has it."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in self.streams:
                 pipe.xinfo_consumers(stream, GROUP)
             per_stream = await pipe.execute(raise_on_error=False)
-        for stream, consumers in zip(self.streams, per_stream, strict=True):
-            if isinstance(consumers, ResponseError):
-                continue
-            for consumer in consumers:
-                if consumer["name"] == self.consumer and consumer["pending"] == 0:
-                    await self.redis.xgroup_delconsumer(stream, GROUP, self.consumer)
+        return [
+            (stream, consumer)
+            for stream, consumers in zip(self.streams, per_stream, strict=True)
+            if not isinstance(consumers, ResponseError)
+            for consumer in consumers
+        ]
 
     async def _trim_acknowledged(self, progress: list[StreamProgress]) -> None:
         """XTRIM MINID below what every group acknowledged; unacknowledged entries stay."""
