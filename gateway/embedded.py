@@ -24,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 LOOPBACK_HOST = "127.0.0.1"
+AOF_REWRITE_GROWTH_PERCENT = 200
+AOF_REWRITE_MIN_SIZE = "512mb"
 SERVER_START_SECONDS_MAX = 60.0
 SERVER_STOP_SECONDS_MAX = 30.0
 READY_POLL_SECONDS = 0.05
@@ -97,6 +99,10 @@ class EmbeddedRedis:
             "--dir", str(self._data_dir),
             "--appendonly", "yes",
             "--appendfsync", self._appendfsync,
+            # a write-heavy wallet doubles a small AOF in seconds: rewrite (fork and copy the
+            # whole dataset) less often, at the price of a larger file between rewrites
+            "--auto-aof-rewrite-percentage", str(AOF_REWRITE_GROWTH_PERCENT),
+            "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
             "--save", "",
             "--protected-mode", "no",
             "--daemonize", "no",

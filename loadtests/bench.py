@@ -45,6 +45,7 @@ LAG_SAMPLE_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 5.0
 LOCUST_EXTRA_SECONDS = 30.0  # start-up and shutdown on top of the run time
 HALF_RATE_FRACTION = 0.5
+WRITER_CATCH_UP_SECONDS_MAX = 120.0
 BENCH_PROVIDER_KEYS = "bench-public:bench-secret"
 BENCH_ADMIN_TOKEN = "bench-admin-token"
 
@@ -283,6 +284,15 @@ class LagSampler:
     def stop(self) -> None:
         self._stop = True
 
+    def wait_until_caught_up(self, seconds_max: float) -> None:
+        """Until the history holds everything the streams do (or `seconds_max` passed)."""
+        deadline = time.monotonic() + seconds_max
+        while time.monotonic() < deadline:
+            if asyncio.run(self.sample()).retained_events == 0:
+                return
+            time.sleep(LAG_SAMPLE_SECONDS)
+        print(f"[bench] the writer did not catch up in {seconds_max:.0f} s", flush=True)
+
 
 # --- the run --------------------------------------------------------------------------------
 
@@ -327,6 +337,8 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
         def measure(
             name: str, locust_class: str, workers: int, target: str, rps: float | None = None
         ) -> PhaseResult:
+            # every phase starts with the writer caught up, so none pays for the last one's lag
+            lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
             phase = PhaseResult(name, locust_class, workers, args.users, args.duration_seconds, rps)
             report.phases.append(run_locust(phase, target, load_env, out_dir, lag))
             return phase
