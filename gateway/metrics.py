@@ -1,12 +1,14 @@
 """Prometheus metrics, served at /metrics on the admin listener.
 
-With several worker processes each keeps its own registry; the admin listener (first process)
-serves the first process's numbers plus the shared Redis/PostgreSQL gauges.
+With `--workers N` the N gateway processes write their counters and histograms to files
+(prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR); the admin process serves
+their sum plus its own gauges of the shared Redis, streams and PostgreSQL.
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +18,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.outcomes import INCIDENT_OUTCOMES, status_of
 
@@ -23,6 +28,7 @@ LATENCY_BUCKETS_SECONDS = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 GAUGES_REFRESH_SECONDS = 5.0
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("gateway.metrics")
 
@@ -96,7 +102,34 @@ class Metrics:
             self.conflicts.labels(outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        workers_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not workers_dir:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        registry.register(_WorkersAndGauges(workers_dir, self._gauges()))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def _gauges(self) -> list[Gauge]:
+        return [
+            self.stream_length, self.writer_lag, self.writer_lag_seconds, self.redis_up,
+            self.postgres_up,
+        ]  # fmt: skip
+
+
+class _WorkersAndGauges(Collector):
+    """The workers' counters and histograms, summed from their files, and this process's
+    gauges (the workers' own gauge files only ever hold their unset zeros)."""
+
+    def __init__(self, workers_dir: str, gauges: list[Gauge]) -> None:
+        self._workers = MultiProcessCollector(None, path=workers_dir)
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._workers.collect():
+            if family.type != "gauge":
+                yield family
+        for gauge in self._gauges:
+            yield from gauge.collect()
 
 
 Probe = Callable[[], Awaitable[None]]

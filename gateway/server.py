@@ -4,14 +4,17 @@ the admin API in the first one."""
 import asyncio
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
 from gateway.app import Services, create_admin_app, create_gateway_app, operations_api
-from gateway.metrics import refresh_gauges
+from gateway.metrics import MULTIPROCESS_DIR_ENV, refresh_gauges
 from gateway.settings import Settings
 from persistence.writer import run_writer_process
 
@@ -33,18 +36,23 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def serve(
-    settings: Settings, with_admin: bool, started: Callable[[], None] | None = None
+    settings: Settings,
+    with_gateway: bool,
+    with_admin: bool,
+    started: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight calls, and exit."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     services = Services.create(settings)
     await services.start()
-    runners = [
-        await _start_site(
-            create_gateway_app(services), settings.gateway_host, settings.gateway_port
+    runners = []
+    if with_gateway:
+        runners.append(
+            await _start_site(
+                create_gateway_app(services), settings.gateway_host, settings.gateway_port
+            )
         )
-    ]
     tasks = []
     if with_admin:
         runners.append(
@@ -63,18 +71,24 @@ async def serve(
 
 def _worker_main(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers with SIGTERM
-    uvloop.run(serve(settings, with_admin=False))
+    uvloop.run(serve(settings, with_gateway=True, with_admin=False))
 
 
 def run(
     settings: Settings, started: Callable[[], None] | None = None, with_writer: bool = False
 ) -> None:
-    """The main process serves the gateway and admin API; `workers - 1` more serve the gateway;
-    `with_writer`, one more drains the streams into PostgreSQL (`up`)."""
+    """One process: the gateway and the admin API. With `workers` > 1: that many processes
+    serve the gateway (sharing the port) and this one the admin API, summing their metrics.
+    `with_writer`: one more process drains the streams into PostgreSQL (`up`)."""
     context = multiprocessing.get_context("spawn")
+    metrics_dir = None
+    if settings.workers > 1:
+        # set before the workers start, so their prometheus_client writes to files
+        metrics_dir = tempfile.mkdtemp(prefix="wallet-gateway-metrics-")
+        os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
     workers = [
         context.Process(target=_worker_main, args=(settings,), name=f"gateway-worker-{n}")
-        for n in range(1, settings.workers)
+        for n in range(settings.workers if metrics_dir else 0)
     ]
     if with_writer:
         workers.append(
@@ -83,9 +97,13 @@ def run(
     for worker in workers:
         worker.start()
     try:
-        uvloop.run(serve(settings, with_admin=True, started=started))
+        uvloop.run(
+            serve(settings, with_gateway=metrics_dir is None, with_admin=True, started=started)
+        )
     finally:
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.join(SHUTDOWN_GRACE_SECONDS)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
