@@ -5,12 +5,11 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
+from typing import Protocol
 
 from gateway import conformance, server, simulator
 from gateway.logs import configure_logging
+from gateway.redis_connection import run_with_redis
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack, ensure_credentials
@@ -79,17 +78,9 @@ def command_migrate(settings: Settings) -> int:
 def command_reconcile(settings: Settings) -> int:
     """Exit 0 only when Redis and PostgreSQL agree."""
     _needs(settings, "redis_url", "database_url")
-    report = asyncio.run(_with_redis(settings, reconcile))
+    report = asyncio.run(run_with_redis(settings, reconcile))
     print(report.render())
     return 0 if report.agrees else 1
-
-
-async def _with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        return await work(redis, settings.database_url, settings, *extra)
-    finally:
-        await redis.aclose()
 
 
 class RestoreCommand:
@@ -105,7 +96,7 @@ class RestoreCommand:
         settings = _needs(load_settings(args), "redis_url", "database_url")
         configure_logging(settings.log_level)
         try:
-            report = asyncio.run(_with_redis(settings, restore, args.force))
+            report = asyncio.run(run_with_redis(settings, restore, args.force))
         except RestoreRefused as exc:
             print(f"wallet-gateway: restore refused: {exc}", file=sys.stderr)
             return 1

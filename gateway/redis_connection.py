@@ -22,6 +22,13 @@ class HiredisPackedConnection(Connection):
         return self._serializer.pack(*args)
 
 
+async def run_with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
+    """A one-off command (reconcile, restore) with a Redis client of its own:
+    `work(redis, database_url, settings, *extra)`."""
+    async with Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+        return await work(redis, settings.database_url, settings, *extra)
+
+
 def connect_redis(settings: Settings) -> Redis:
     timeout_seconds = settings.redis_timeout_ms / 1000
     return Redis.from_url(

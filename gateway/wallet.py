@@ -27,6 +27,7 @@ REDIS_LOADING_WAIT_SECONDS_MAX = 600
 REDIS_LOADING_POLL_SECONDS = 0.2
 OPERATOR_TX_ID_PREFIX_BYTES = 6
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
+# ConnectionError includes BusyLoadingError: Redis replaying its AOF after a restart
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 

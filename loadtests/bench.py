@@ -28,9 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from redis.asyncio import Redis
 
 from gateway.embedded import free_port
+from gateway.redis_connection import run_with_redis
 from gateway.settings import Settings
 from gateway.stack import EmbeddedStack
 from persistence.reconcile import reconcile
@@ -262,13 +264,8 @@ class LagSampler:
         return f"writer lag {last['events']:.0f} events, {last['seconds']:.1f} s"
 
     async def sample(self) -> WriterLag:
-        from redis.asyncio import Redis
-
-        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
-        try:
+        async with Redis.from_url(self.settings.redis_url, decode_responses=True) as redis:
             return await read_lag(redis, self.settings.shards)
-        finally:
-            await redis.aclose()
 
     def run(self) -> None:
         while not self._stop:
@@ -362,7 +359,7 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
                     measure("new-bets-half-rate", "NewBets", workers, host, half_rate)
                     report.duplicates_replayed = scrape_replays(admin_url)
             print("[bench] waiting for the history writer, then reconciling", flush=True)
-            outcome = asyncio.run(_reconcile(settings))
+            outcome = asyncio.run(run_with_redis(settings, reconcile))
         report.reconcile_agrees = outcome.agrees
         report.reconcile_text = outcome.render()
         report.balances_redis_total = outcome.redis_balance_total
@@ -376,16 +373,6 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
     report.writer_lag_end_events = int(lag.timeline[-1]["events"]) if lag.timeline else 0
     write_report(report, out_dir)
     return report
-
-
-async def _reconcile(settings: Settings) -> Any:
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    try:
-        return await reconcile(redis, settings.database_url, settings)
-    finally:
-        await redis.aclose()
 
 
 # --- the report -----------------------------------------------------------------------------

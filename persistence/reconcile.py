@@ -11,7 +11,6 @@
    lost (within the record retention, minus RECORD_EXPIRY_MARGIN_SECONDS).
 """
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from gateway.keys import KeySpace
 from gateway.settings import Settings
+from gateway.wallet import now_ms
 from persistence.batch import BIGINT_MAX, ms_to_datetime
 from persistence.streams import parse_stream_id
 from persistence.writer import HistoryWriter, default_consumer_name
@@ -234,7 +234,7 @@ async def _compare(
                 )
     retention_ms = settings.record_retention_seconds * 1000
     margin_ms = RECORD_EXPIRY_MARGIN_SECONDS * 1000
-    expected_since = ms_to_datetime(int(time.time() * 1000) - retention_ms + margin_ms)
+    expected_since = ms_to_datetime(now_ms() - retention_ms + margin_ms)
     for row in await connection.fetch(RECORDS_NOT_IN_REDIS, expected_since):
         shard = keys.shard(row["owner_id"])
         if _at_or_before(row["stream_id"], snapshot.shard_positions, shard):

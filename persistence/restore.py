@@ -33,6 +33,7 @@ from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.outcomes import INCIDENT_OUTCOMES
 from gateway.schemas import BET_ACTIONS, CLOSE_ROUND_ACTION
 from gateway.settings import Settings
+from gateway.wallet import now_ms as wallet_now_ms
 from persistence.batch import datetime_to_ms, ms_to_datetime
 
 RESTORE_PIPELINE_COMMANDS_MAX = 1000  # commands per pipeline round trip
@@ -187,7 +188,7 @@ async def restore(
     started = time.monotonic()
     keys = KeySpace(settings.shards)
     retention_ms = settings.record_retention_seconds * 1000
-    now_ms = int(time.time() * 1000)
+    now_ms = wallet_now_ms()
     kept_since = ms_to_datetime(now_ms - retention_ms)
     report = RestoreReport()
     pipe = _BoundedPipeline(redis)

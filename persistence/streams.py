@@ -5,7 +5,6 @@ Redis 6.2 (the embedded server) has no per-group `lag` in XINFO, so positions ar
 XINFO GROUPS, XPENDING and one XRANGE per stream, in two pipelined round trips.
 """
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.keys import KeySpace
+from gateway.wallet import now_ms as wallet_now_ms
 
 GROUP = "history"
 STREAM_START_ID = "0-0"
@@ -166,7 +166,7 @@ class WriterLag:
 
     @classmethod
     def of(cls, progress: list[StreamProgress], now_ms: int | None = None) -> "WriterLag":
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = wallet_now_ms() if now_ms is None else now_ms
         oldest = earliest(*(p.oldest_unacknowledged_id for p in progress))
         behind = [p for p in progress if p.oldest_unacknowledged_id is not None]
         return cls(

@@ -35,13 +35,12 @@ from typing import Any
 import asyncpg
 import uvloop
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
+from gateway.wallet import REDIS_UNREACHABLE
 from persistence.batch import STAGING_DDL, Entry, HistoryBatch
 from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
 from persistence.streams import (
@@ -82,11 +81,6 @@ DRAIN_CHECK_INTERVAL_SECONDS = 0.5  # while writing, how often a drain checks if
 # A drain returns by its deadline; this backstop cancels it should something block past it.
 DRAIN_OVERRUN_SECONDS_MAX = 30.0
 
-REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (
-    RedisConnectionError,  # includes BusyLoadingError: Redis replaying its AOF after a restart
-    RedisTimeoutError,
-    OSError,
-)
 PG_UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,

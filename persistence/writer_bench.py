@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.keys import KeySpace
 from gateway.settings import Settings
+from gateway.wallet import now_ms as wallet_now_ms
 from persistence.schema import migrate
 from persistence.writer import BATCH_EVENTS_MAX, HistoryWriter, WriterLimits
 
@@ -94,7 +95,7 @@ def tx_event(n: int, user_id: str, now_ms: int) -> dict[str, str]:
 async def fill_streams(redis_url: str, shards: int, events: int) -> int:
     """FLUSHALL, then `events` entries spread over the players' shard streams -> entries."""
     keys = KeySpace(shards)
-    now_ms = int(time.time() * 1000)
+    now_ms = wallet_now_ms()
     async with Redis.from_url(redis_url, decode_responses=True) as redis:
         await redis.flushall()
         players = [f"bench-player-{n}" for n in range(min(PLAYERS, events))]
