@@ -492,16 +492,8 @@ class HistoryWriter:
                     await self._settle_rounds_if_reachable()
                     next_rounds_at = now + ROUND_CHECK_INTERVAL_SECONDS
                 backoff.reset()
-            except ResponseError as exc:
-                if not is_missing_group(exc):
-                    raise
-                log.warning("consumer group missing (Redis flushed?): creating it again")
-                self._groups_ready = False
-            except REDIS_UNREACHABLE as exc:
-                delay = backoff.next_seconds()
-                if backoff.should_log():
-                    log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
-                await _pause(stop, delay)
+            except (ResponseError, *REDIS_UNREACHABLE) as exc:
+                await self._outlast_redis_failure(exc, backoff, stop)
         log.info(
             "history writer %s stopped: %d events in %d batches, %d reclaimed",
             self.consumer,
@@ -509,6 +501,22 @@ class HistoryWriter:
             self.batches_written,
             self.events_reclaimed,
         )
+
+    async def _outlast_redis_failure(
+        self, exc: BaseException, backoff: Backoff, stop: asyncio.Event
+    ) -> None:
+        """A group lost to a flush is created again on the next pass; an unreachable Redis is
+        waited out with backoff. Any other error is not ours to swallow."""
+        if isinstance(exc, ResponseError):
+            if not is_missing_group(exc):
+                raise exc
+            log.warning("consumer group missing (Redis flushed?): creating it again")
+            self._groups_ready = False
+            return
+        delay = backoff.next_seconds()
+        if backoff.should_log():
+            log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
+        await _pause(stop, delay)
 
     async def _settle_rounds_if_reachable(self) -> None:
         try:
@@ -569,15 +577,8 @@ class HistoryWriter:
                 if not await self._claim_idle(stop) and not entries:
                     await _pause(stop, DRAIN_POLL_SECONDS)
                 backoff.reset()
-            except ResponseError as exc:
-                if not is_missing_group(exc):
-                    raise
-                self._groups_ready = False
-            except REDIS_UNREACHABLE as exc:
-                delay = backoff.next_seconds()
-                if backoff.should_log():
-                    log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
-                await _pause(stop, delay)
+            except (ResponseError, *REDIS_UNREACHABLE) as exc:
+                await self._outlast_redis_failure(exc, backoff, stop)
         return False
 
     async def _settle_rounds_through(self, stream_ms: int, stop: asyncio.Event) -> bool:
