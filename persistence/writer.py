@@ -59,6 +59,10 @@ log = logging.getLogger("persistence.writer")
 
 BATCH_EVENTS_MAX = 2000  # entries per PostgreSQL transaction, summed over all streams
 BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
+# After a batch smaller than the limit, wait this long before reading again, so the next batch
+# is larger: at 3,000 bets/s, batches of ~25 events cost the writer and PostgreSQL together
+# 0.41 of a core, batches of ~300 cost 0.14. The events wait in Redis, durable in its AOF.
+LINGER_MS = 100
 CLAIM_IDLE_MS = 30_000  # a pending entry idle this long belongs to a dead writer
 CLAIM_INTERVAL_SECONDS = 10.0
 TRIM_INTERVAL_SECONDS = 5.0
@@ -99,6 +103,7 @@ PG_UNREACHABLE: tuple[type[BaseException], ...] = (
 class WriterLimits:
     batch_events_max: int = BATCH_EVENTS_MAX
     block_ms: int = BLOCK_MS
+    linger_ms: int = LINGER_MS
     claim_idle_ms: int = CLAIM_IDLE_MS
     round_close_skew_ms: int = ROUND_CLOSE_SKEW_MS
     # Fault injection for crash tests only: a pause between COMMIT and XACK, the window in
@@ -164,7 +169,7 @@ class HistoryWriter:
     ) -> None:
         if not settings.database_url:
             raise ValueError("the history writer needs DATABASE_URL")
-        assert limits.batch_events_max >= 1 and limits.block_ms >= 1
+        assert limits.batch_events_max >= 1 and limits.block_ms >= 1 and limits.linger_ms >= 0
         self.settings = settings
         self.limits = limits
         self.consumer = consumer or default_consumer_name()
@@ -478,6 +483,8 @@ class HistoryWriter:
                 entries = await self._read_new(self.limits.block_ms)
                 if entries and not await self._write(entries, stop):
                     break
+                if entries and len(entries) < self.limits.batch_events_max:
+                    await _pause(stop, self.limits.linger_ms / 1000)
                 now = time.monotonic()
                 if now >= next_trim_at:
                     progress = await self.progress()
@@ -642,6 +649,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-events-max", type=int, default=BATCH_EVENTS_MAX)
     parser.add_argument("--claim-idle-ms", type=int, default=CLAIM_IDLE_MS)
     parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=LINGER_MS,
+        help="after a partial batch, wait this long so the next one is larger",
+    )
+    parser.add_argument(
         "--ack-delay-ms", type=int, default=0, help="fault injection (tests): pause before XACK"
     )
     parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
@@ -657,6 +670,7 @@ def run(args: argparse.Namespace) -> int:
     limits = WriterLimits(
         batch_events_max=args.batch_events_max,
         claim_idle_ms=args.claim_idle_ms,
+        linger_ms=args.linger_ms,
         ack_delay_seconds=args.ack_delay_ms / 1000,
     )
     uvloop.run(

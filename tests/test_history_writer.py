@@ -237,6 +237,32 @@ async def test_two_writers_write_each_event_once(
     assert await count_rows(database_url, "transactions") == len(bet_ids)
 
 
+async def wait_for_events_written(writer: HistoryWriter, count: int) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS_MAX
+    while writer.events_written < count:
+        assert time.monotonic() < deadline, f"{writer.events_written} of {count} events written"
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def test_after_a_partial_batch_the_writer_lingers_so_events_arriving_meanwhile_go_in_one(
+    services: Services, traffic: Any, history_settings: Settings, database_url: str
+) -> None:
+    players = await traffic.players(4, "player", balance=10**6)
+    setup_events = 2 * len(players)  # a player and a session each
+    stop = asyncio.Event()
+    limits = WriterLimits(block_ms=100, linger_ms=2000)
+    async with HistoryWriter(history_settings, "lingering", limits) as writer:
+        running = asyncio.create_task(writer.run(stop))
+        await wait_for_events_written(writer, setup_events)
+        batches_before = writer.batches_written
+        bet_ids = await traffic.bets(players, 25, "bet")  # while the writer lingers
+        await wait_for_events_written(writer, setup_events + len(bet_ids))
+        assert writer.batches_written == batches_before + 1
+        stop.set()
+        await running
+    assert await count_rows(database_url, "transactions") == len(bet_ids)
+
+
 async def test_streams_are_trimmed_only_below_what_was_acknowledged(
     services: Services,
     traffic: Any,
