@@ -2,6 +2,7 @@
 the admin API in the first one."""
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -60,6 +61,10 @@ async def serve(
         )
         probes = operations_api(services).probes()
         tasks.append(asyncio.create_task(refresh_gauges(services.metrics, probes, stop)))
+    # Everything allocated so far (modules, app, scripts: ~60k objects) lives as long as the
+    # process: keep it out of the collector, whose full passes over it took 28 ms each, a
+    # pause every in-flight callback would wait out.
+    gc.freeze()
     if started:
         started()
     await stop.wait()
