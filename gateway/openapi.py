@@ -388,7 +388,16 @@ def _components() -> dict[str, Any]:
                 "action": {"type": "string"},
                 "referenced_tx_id": {"type": "string"},
                 "request": {"type": "string", "description": "the refused request's raw body"},
-                "recorded": {"description": "what the wallet had recorded (the bet's body)"},
+                "recorded": {
+                    "type": "string",
+                    "description": (
+                        "what the wallet had recorded of the referenced bet: the text of a"
+                        " JSON object {provider_tx_id, action, stake (millis), state, outcome};"
+                        " without such a record, a sentence naming the bet's owner, the rollback"
+                        " that voided it or the win that settled it. The bet's request body is"
+                        " in the history: /admin/players/{user_id}/transactions"
+                    ),
+                },
                 "ts": {"type": "integer", "description": "milliseconds since the epoch"},
             },
             ("kind", "provider_tx_id", "user_id", "action", "ts"),

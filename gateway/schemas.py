@@ -4,6 +4,7 @@ Bad input raises `InvalidRequest` with a message naming the field; nothing has b
 when it does, so bad input changes nothing.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -116,7 +117,9 @@ def action_of(payload: dict[str, Any], allowed: frozenset[str]) -> str:
 
 def fingerprint(*fields: str | int | None) -> str:
     """What 'same content' means for an idempotency key (PROTOCOL.md §5)."""
-    return FIELD_SEPARATOR.join("" if field is None else str(field) for field in fields)
+    joined = FIELD_SEPARATOR.join("" if field is None else str(field) for field in fields)
+    # Only compared for equality; 32 chars keep the record hash in Redis' compact encoding.
+    return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(slots=True, frozen=True)

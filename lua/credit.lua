@@ -25,7 +25,7 @@ if ref_id ~= '' then
     record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by)
     return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
   end
-  local bet = redis.call('HMGET', KEYS[5], 'state', 'req', 'action', 'outcome')
+  local bet = redis.call('HMGET', KEYS[5], unpack(BET_FIELDS))
   if not bet[3] then
     -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
     redis.call('SET', KEYS[9], tx_id, 'NX', 'PX', retention_ms)
@@ -36,7 +36,7 @@ if ref_id ~= '' then
   elseif bet[4] ~= 'OK' then
     return finish('BET_REFUSED', balance, currency, 0, {})
   elseif bet[1] == 'rolledback' then
-    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', bet[2])
+    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', recorded_bet(bet))
     return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
   elseif bet[1] == 'open' then
     redis.call('HSET', KEYS[5], 'state', 'won')

@@ -1,5 +1,6 @@
 -- Shared by every money script (prepended at load time; Redis has no `require`).
--- KEYS[1] idempotency record, KEYS[2] tx-id owner, KEYS[3] the shard's event stream.
+-- KEYS[1] idempotency record (only what replay, settlement and reconcile read: see finish()),
+-- KEYS[2] tx-id owner, KEYS[3] the shard's event stream (every field of the call).
 -- ARGV: 1 provider_tx_id, 2 user_id, 3 action, 4 amount, 5 currency, 6 round_id, 7 game,
 --       8 referenced bet tx id, 9 fingerprint, 10 now_ms, 11 operator_tx_id, 12 retention_ms,
 --       13 raw request body; ARGV[14..] belong to each script. Absent values are ''.
@@ -36,20 +37,43 @@ local function replay_or_conflict()
 end
 
 -- Store the outcome for replay, claim the tx id, and append the event the history writer
--- turns into a ledger row. `extra` adds fields to both (bet state, incident payload...).
+-- turns into a ledger row. The record keeps only what is read back: replays (fp, outcome,
+-- balance, op, currency), settlement of a bet (action, stake, state) and reconcile (outcome,
+-- fp); short values keep it in Redis' compact hash encoding. The event carries every field,
+-- the raw request body included. `extra` adds fields to both (stake/state, incident...).
 local function finish(outcome, balance, currency, delta, extra)
-  local fields = {
-    'fp', fingerprint, 'outcome', outcome, 'balance', int_text(balance), 'op', operator_tx_id,
-    'currency', currency, 'user', user_id, 'action', action, 'amount', amount_text,
-    'delta', int_text(delta), 'round', round_id, 'game', game, 'ref', ref_id, 'ts', now_ms,
-    'req', request_body,
+  local balance_text = int_text(balance)
+  local record = {
+    'fp', fingerprint, 'outcome', outcome, 'balance', balance_text, 'op', operator_tx_id,
+    'currency', currency, 'action', action,
   }
-  for i = 1, #extra do fields[#fields + 1] = extra[i] end
-  redis.call('HSET', KEYS[1], unpack(fields))
+  local event = {
+    'kind', 'tx', 'tx', tx_id, 'fp', fingerprint, 'outcome', outcome, 'balance', balance_text,
+    'op', operator_tx_id, 'currency', currency, 'user', user_id, 'action', action,
+    'amount', amount_text, 'delta', int_text(delta), 'round', round_id, 'game', game,
+    'ref', ref_id, 'ts', now_ms, 'req', request_body,
+  }
+  for i = 1, #extra do
+    record[#record + 1] = extra[i]
+    event[#event + 1] = extra[i]
+  end
+  redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], retention_ms)
   redis.call('SET', KEYS[2], owner_id, 'PX', retention_ms)
-  redis.call('XADD', KEYS[3], '*', 'kind', 'tx', 'tx', tx_id, unpack(fields))
+  redis.call('XADD', KEYS[3], '*', unpack(event))
   return {outcome, balance, operator_tx_id, currency, 0}
+end
+
+-- A referenced bet as credit.lua and rollback.lua read it from its record:
+-- HMGET(bet record, unpack(BET_FIELDS)) -> {state, stake, action, outcome}.
+local BET_FIELDS = {'state', 'stake', 'action', 'outcome'}
+
+-- An incident's `recorded`: that bet as its record holds it (its request body is in the
+-- history). The stake goes in as the record's digits: cjson would print 10^15 as 1e+15.
+local function recorded_bet(bet)
+  return '{"provider_tx_id":' .. cjson.encode(ref_id) .. ',"action":' .. cjson.encode(bet[3])
+    .. ',"stake":' .. bet[2] .. ',"state":' .. cjson.encode(bet[1])
+    .. ',"outcome":' .. cjson.encode(bet[4]) .. '}'
 end
 
 local function record_incident(incidents_key, outcome, recorded_payload)

@@ -16,7 +16,7 @@ if bet_owner and bet_owner ~= user_id then
   record_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner)
   return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
 end
-local bet = redis.call('HMGET', KEYS[5], 'state', 'stake', 'action', 'req', 'outcome')
+local bet = redis.call('HMGET', KEYS[5], unpack(BET_FIELDS))
 if bet[3] and bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
   return finish('NOT_A_BET', balance, currency, 0, {})
 end
@@ -27,7 +27,7 @@ if not bet[3] then
     return finish('ROLLBACK_OF_WON_BET', balance, currency, 0, {'incident', 'ROLLBACK_OF_WON_BET'})
   end
 end
-if not bet[1] or bet[5] ~= 'OK' then
+if not bet[1] or bet[4] ~= 'OK' then
   -- the rollback overtook the bet, the bet never arrived, or it was refused: nothing to
   -- refund; the tombstone makes a late bet with this id a 409
   redis.call('SET', KEYS[8], tx_id, 'PX', retention_ms)
@@ -38,11 +38,11 @@ if bet[1] == 'rolledback' then
   return finish('OK', balance, currency, 0, {})
 end
 if bet[1] == 'won' then
-  record_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', bet[4])
+  record_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', recorded_bet(bet))
   return finish('ROLLBACK_OF_WON_BET', balance, currency, 0, {'incident', 'ROLLBACK_OF_WON_BET'})
 end
 if amount_text ~= '' and amount_text ~= bet[2] then
-  record_incident(KEYS[7], 'AMOUNT_MISMATCH', bet[4])
+  record_incident(KEYS[7], 'AMOUNT_MISMATCH', recorded_bet(bet))
   return finish('AMOUNT_MISMATCH', balance, currency, 0, {'incident', 'AMOUNT_MISMATCH'})
 end
 redis.call('HSET', KEYS[5], 'state', 'rolledback')

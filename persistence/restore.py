@@ -56,9 +56,9 @@ LEFT JOIN (SELECT user_id, sum(delta) AS total FROM transactions WHERE outcome =
 # first) or once a later WIN applied naming it; else as stored. The WIN and ROLL_BACK come
 # from the same player's shard stream as the bet, so stream order is call order.
 TRANSACTIONS = """
-SELECT t.provider_tx_id, t.user_id, t.action, t.amount, t.delta, t.balance_after, t.currency,
-       t.round_id, t.game, t.bet_tx_id, t.outcome, t.operator_tx_id, t.fingerprint,
-       t.incident, t.tombstone, t.early_win, t.request, t.created_at,
+SELECT t.provider_tx_id, t.user_id, t.action, t.amount, t.balance_after, t.currency,
+       t.round_id, t.bet_tx_id, t.outcome, t.operator_tx_id, t.fingerprint,
+       t.incident, t.tombstone, t.early_win, t.created_at,
        CASE WHEN t.action IN ('BET', 'FREE_BET') THEN
            CASE WHEN EXISTS (
                     SELECT 1 FROM transactions r
@@ -85,15 +85,38 @@ SELECT reference, user_id, amount, balance_after, created_at FROM adjustments
 WHERE created_at > $1
 """
 
+# What the incident's script found of the referenced bet (its `recorded`): the bet's record if
+# the bet was accepted before the incident's call (same player, same shard stream: stream order
+# is call order); else, for a WIN, the tombstone the last ROLL_BACK that overtook the bet left,
+# for a ROLL_BACK, the marker the first WIN that overtook it left.
 INCIDENTS = """
-SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.recorded, i.created_at,
-       t.action, bet.user_id AS bet_owner
+SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.created_at, t.action,
+       bet.user_id AS bet_owner, bet.action AS bet_action, bet.amount AS bet_stake,
+       bet.outcome AS bet_outcome,
+       coalesce(bet.outcome = 'OK'
+                AND stream_position(bet.stream_id) < stream_position(t.stream_id), false)
+           AS bet_recorded,
+       (SELECT v.provider_tx_id FROM transactions v
+        WHERE v.bet_tx_id = i.bet_tx_id AND v.user_id = i.user_id AND v.tombstone
+          AND stream_position(v.stream_id) < stream_position(t.stream_id)
+        ORDER BY stream_position(v.stream_id) DESC LIMIT 1) AS voided_by,
+       (SELECT w.provider_tx_id FROM transactions w
+        WHERE w.bet_tx_id = i.bet_tx_id AND w.user_id = i.user_id AND w.early_win
+        ORDER BY stream_position(w.stream_id) LIMIT 1) AS settled_by
 FROM incidents i
 LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id
 LEFT JOIN transactions bet ON bet.provider_tx_id = i.bet_tx_id
 WHERE i.kind = ANY($1::text[])
 ORDER BY i.created_at, i.id
 """
+
+# The state a bet's record is in when each incident that names it is recorded (the scripts
+# check the state before they record one).
+BET_STATE_AT_INCIDENT = {
+    "WIN_AFTER_ROLLBACK": "rolledback",
+    "ROLLBACK_OF_WON_BET": "won",
+    "AMOUNT_MISMATCH": "open",
+}
 
 
 class RestoreRefused(RuntimeError):
@@ -150,15 +173,7 @@ def idempotency_record(row: Mapping[str, Any]) -> dict[str, str]:
         "balance": str(row["balance_after"]),
         "op": row["operator_tx_id"],
         "currency": _text(row["currency"]),
-        "user": _text(row["user_id"]),
         "action": row["action"],
-        "amount": _text(row["amount"]),
-        "delta": str(row["delta"]),
-        "round": row["round_id"],
-        "game": row["game"],
-        "ref": _text(row["bet_tx_id"]),
-        "ts": str(datetime_to_ms(row["created_at"])),
-        "req": row["request"],
     }
     if row["action"] in BET_ACTIONS:
         record["stake"] = _text(row["amount"])
@@ -173,6 +188,25 @@ def idempotency_record(row: Mapping[str, Any]) -> dict[str, str]:
         record["stakes"] = orjson.dumps(list(row["stakes"])).decode()
         record["coefficients"] = orjson.dumps([str(c) for c in row["coefficients"]]).decode()
     return record
+
+
+def incident_recorded(row: Mapping[str, Any]) -> str:
+    """An incident's `recorded` as lua/credit.lua and lua/rollback.lua write it."""
+    if row["kind"] == "CROSS_PLAYER":
+        return f"bet belongs to {row['bet_owner']}"
+    if row["bet_recorded"]:
+        return orjson.dumps(
+            {
+                "provider_tx_id": row["bet_tx_id"],
+                "action": row["bet_action"],
+                "stake": row["bet_stake"],
+                "state": BET_STATE_AT_INCIDENT[row["kind"]],
+                "outcome": row["bet_outcome"],
+            }
+        ).decode()
+    if row["kind"] == "WIN_AFTER_ROLLBACK":
+        return f"bet voided by rollback {row['voided_by']}"
+    return f"bet settled by win {row['settled_by']}"
 
 
 async def restore(
@@ -248,11 +282,11 @@ async def _restore_records(
     kept_since = ms_to_datetime(now_ms - retention_ms)
     # In call order: when two records set the same owner key, the later one wins, as live.
     async for row in connection.cursor(TRANSACTIONS, kept_since, prefetch=RESTORE_FETCH_ROWS):
-        record = idempotency_record(row)
-        remaining_ms = int(record["ts"]) + retention_ms - now_ms
+        remaining_ms = datetime_to_ms(row["created_at"]) + retention_ms - now_ms
         if remaining_ms <= 0:
             continue
-        tx_id, user_id, round_id = row["provider_tx_id"], record["user"], row["round_id"]
+        record = idempotency_record(row)
+        tx_id, user_id, round_id = row["provider_tx_id"], _text(row["user_id"]), row["round_id"]
         # A CLOSE_ROUND has no player: its record lives in the shard of its round, which owns
         # its tx id.
         record_key = keys.tx(keys.shard(user_id or round_id), tx_id)
@@ -326,9 +360,6 @@ async def _restore_incidents(
         if force and key not in lists:
             pipe.pipe.delete(key)
         lists.add(key)
-        recorded = row["recorded"]
-        if row["kind"] == "CROSS_PLAYER":
-            recorded = f"bet belongs to {row['bet_owner']}"
         pipe.pipe.lpush(
             key,
             orjson.dumps(
@@ -339,7 +370,7 @@ async def _restore_incidents(
                     "action": row["action"],
                     "referenced_tx_id": row["bet_tx_id"] or "",
                     "request": row["request"],
-                    "recorded": recorded,
+                    "recorded": incident_recorded(row),
                     "ts": datetime_to_ms(row["created_at"]),
                 }
             ),

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.keys import KeySpace
+from gateway.schemas import fingerprint
 from gateway.settings import Settings
 from gateway.wallet import now_ms as wallet_now_ms
 from persistence.schema import migrate
@@ -72,7 +73,7 @@ def tx_event(n: int, user_id: str, now_ms: int) -> dict[str, str]:
     fields = {
         "kind": "tx",
         "tx": tx,
-        "fp": f"{action}\x1f{user_id}\x1f1000\x1fUSD\x1fround-{n // 50}\x1f{ref}\x1faviadrone",
+        "fp": fingerprint(action, user_id, 1000, "USD", f"round-{n // 50}", ref, "aviadrone"),
         "outcome": outcome,
         "balance": str(10**9 - n),
         "op": f"bench-op-{n}",

@@ -374,9 +374,15 @@ async def test_incidents_list_shows_a_rollback_of_a_won_bet(
     assert incident["provider_tx_id"] == "rb-1"
     assert incident["referenced_tx_id"] == "bet-1"
     assert incident["user_id"] == USER
-    # both payloads: the refused request and the recorded bet
+    # the refused request as sent, and the bet as the wallet recorded it
     assert orjson.loads(incident["request"])["provider_tx_id"] == "rb-1"
-    assert orjson.loads(incident["recorded"])["provider_tx_id"] == "bet-1"
+    assert orjson.loads(incident["recorded"]) == {
+        "provider_tx_id": "bet-1",
+        "action": "BET",
+        "stake": 1000,
+        "state": "won",
+        "outcome": "OK",
+    }
 
 
 # --- routing --------------------------------------------------------------------------------

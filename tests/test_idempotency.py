@@ -8,6 +8,8 @@ import pytest
 from payloads import bet, rollback, win
 
 from gateway.keys import shard_of
+from gateway.schemas import BetRequest
+from gateway.wallet import now_ms
 
 
 def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
@@ -326,3 +328,73 @@ async def test_cross_player_incident_is_replayed_without_a_second_incident(provi
     assert retry == first
     assert [i["kind"] for i in await incidents(admin)] == ["CROSS_PLAYER"]
     assert await admin.balance("bob") == 10_000
+
+
+# --- what the record keeps, and what the event keeps -------------------------------------------
+
+# Read back by replays (fp..currency), by the settlement of a bet (action, stake, state) and by
+# reconcile (outcome, fp); everything else of a call goes to the history only, through the event.
+BET_RECORD_FIELDS = {"fp", "outcome", "balance", "op", "currency", "action", "stake", "state"}
+
+
+async def test_a_bets_record_holds_only_what_is_read_back_and_its_event_everything(
+    provider, admin, services
+):
+    session = await player_with_session(admin, "alice", 10_000)
+    payload = bet("alice", session, "b1", 1_000)
+    body = orjson.dumps(payload)
+    status, response = await provider.post_raw("/withdraw", body)
+    assert status == 200, response
+    keys = services.wallet.keys
+    shard = keys.shard("alice")
+
+    record = await services.redis.hgetall(keys.tx(shard, "b1"))
+    assert record.keys() == BET_RECORD_FIELDS
+    assert record == {
+        "fp": BetRequest.parse(payload).fingerprint(),
+        "outcome": "OK",
+        "balance": "9000",
+        "op": orjson.loads(response)["data"]["operator_tx_id"],
+        "currency": "USD",
+        "action": "BET",
+        "stake": "1000",
+        "state": "open",
+    }
+    assert len(record["fp"]) == 32
+
+    [event] = [
+        fields
+        for _, fields in await services.redis.xrange(keys.events(shard))
+        if fields.get("kind") == "tx" and fields.get("tx") == "b1"
+    ]
+    assert abs(int(event["ts"]) - now_ms()) < 60_000
+    assert event == {
+        "kind": "tx",
+        "tx": "b1",
+        **record,
+        "user": "alice",
+        "amount": "1000",
+        "delta": "-1000",
+        "round": "round-b1",
+        "game": "aviadrone",
+        "ref": "",
+        "ts": event["ts"],
+        "req": body.decode(),
+    }
+
+
+async def test_a_typical_bets_record_is_kept_in_redis_compact_hash_encoding(
+    provider, admin, services
+):
+    # ids as the load test makes them: long enough that a joined fingerprint would not fit
+    user_id = "load-1a2b3c4d-12345-17"
+    session = await player_with_session(admin, user_id, 10**9)
+    tx = f"{user_id}-1"
+    status, body = await provider.post(
+        "/withdraw", bet(user_id, session, tx, 1_000, round_id=f"{user_id}-r")
+    )
+    assert status == 200, body
+    keys = services.wallet.keys
+    # ziplist up to Redis 6.2, listpack from 7.0: values of at most hash-max-*-value bytes
+    encoding = await services.redis.object("encoding", keys.tx(keys.shard(user_id), tx))
+    assert encoding in {"ziplist", "listpack"}

@@ -397,8 +397,7 @@ async def test_rollback_of_won_bet_is_conflict_and_moves_nothing(provider, admin
 
 async def test_rollback_of_won_bet_records_an_incident_with_both_payloads(provider, admin):
     session = await player_with_session(admin, "alice", 10_000)
-    bet_payload = bet("alice", session, "b1", 1_000)
-    await provider.post("/withdraw", bet_payload)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
     await provider.post("/deposit", win("alice", "w1", "b1", 2_000))
     rollback_payload = rollback("alice", "rb1", "b1")
     await provider.post("/deposit", rollback_payload)
@@ -408,17 +407,27 @@ async def test_rollback_of_won_bet_records_an_incident_with_both_payloads(provid
     assert incident["referenced_tx_id"] == "b1"
     assert incident["user_id"] == "alice"
     assert incident_payload(incident["request"]) == rollback_payload
-    assert incident_payload(incident["recorded"]) == bet_payload
+    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "won")
 
 
 def incident_payload(text: str) -> dict[str, Any]:
     return orjson.loads(text)
 
 
+def recorded_bet(tx_id: str, stake: int, state: str, action: str = "BET") -> dict[str, Any]:
+    """An incident's `recorded`: the accepted bet as its idempotency record holds it."""
+    return {
+        "provider_tx_id": tx_id,
+        "action": action,
+        "stake": stake,
+        "state": state,
+        "outcome": "OK",
+    }
+
+
 async def test_win_naming_a_rolled_back_bet_is_conflict_and_records_an_incident(provider, admin):
     session = await player_with_session(admin, "alice", 10_000)
-    bet_payload = bet("alice", session, "b1", 1_000)
-    await provider.post("/withdraw", bet_payload)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
     await provider.post("/deposit", rollback("alice", "rb1", "b1"))
     assert await admin.balance("alice") == 10_000
     win_payload = win("alice", "w1", "b1", 5_000)
@@ -429,7 +438,7 @@ async def test_win_naming_a_rolled_back_bet_is_conflict_and_records_an_incident(
     assert incident["kind"] == "WIN_AFTER_ROLLBACK"
     assert incident["provider_tx_id"] == "w1"
     assert incident_payload(incident["request"]) == win_payload
-    assert incident_payload(incident["recorded"]) == bet_payload
+    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "rolledback")
 
 
 async def test_win_naming_a_bet_voided_before_it_arrived_is_conflict_and_an_incident(
@@ -443,14 +452,14 @@ async def test_win_naming_a_bet_voided_before_it_arrived_is_conflict_and_an_inci
     [incident] = await incidents(admin)
     assert incident["kind"] == "WIN_AFTER_ROLLBACK"
     assert incident["referenced_tx_id"] == "b-voided"
+    assert incident["recorded"] == "bet voided by rollback rb1"
 
 
 async def test_rollback_amount_differing_from_the_stake_is_conflict_and_an_incident(
     provider, admin
 ):
     session = await player_with_session(admin, "alice", 10_000)
-    bet_payload = bet("alice", session, "b1", 1_000)
-    await provider.post("/withdraw", bet_payload)
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
     rollback_payload = rollback("alice", "rb1", "b1", amount=999)
     status, body = await provider.post("/deposit", rollback_payload)
     assert_error(status, body, 409)
@@ -458,10 +467,25 @@ async def test_rollback_amount_differing_from_the_stake_is_conflict_and_an_incid
     [incident] = await incidents(admin)
     assert incident["kind"] == "AMOUNT_MISMATCH"
     assert incident_payload(incident["request"]) == rollback_payload
-    assert incident_payload(incident["recorded"]) == bet_payload
+    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "open")
     # the bet is still open: the right rollback refunds it
     status, body = await provider.post("/deposit", rollback("alice", "rb2", "b1", amount=1_000))
     assert_ok(status, body, "alice", "rb2", 10_000)
+
+
+async def test_incident_records_the_largest_stake_to_the_milli(provider, admin):
+    # a Lua number would print 10**15 as 1e+15
+    session = await player_with_session(admin, "alice", 10_000)
+    stake = 10**15
+    await provider.post("/withdraw", bet("alice", session, "fb1", stake, action="FREE_BET"))
+    status, body = await provider.post("/deposit", rollback("alice", "rb1", "fb1", amount=1))
+    assert_error(status, body, 409)
+    [incident] = await incidents(admin)
+    assert incident["kind"] == "AMOUNT_MISMATCH"
+    assert f'"stake":{stake},' in incident["recorded"]
+    assert incident_payload(incident["recorded"]) == recorded_bet(
+        "fb1", stake, "open", action="FREE_BET"
+    )
 
 
 SHARD_LAYOUTS = {
@@ -496,7 +520,7 @@ async def test_win_for_another_players_bet_is_conflict_and_an_incident(
     assert incident["user_id"] == other
     assert incident["referenced_tx_id"] == "b1"
     assert incident_payload(incident["request"]) == win_payload
-    assert owner in incident["recorded"]
+    assert incident["recorded"] == f"bet belongs to {owner}"
     # the bet itself is untouched: its owner's win still pays
     status, body = await provider.post("/deposit", win(owner, "w2", "b1", 2_000))
     assert_ok(status, body, owner, "w2", 11_000)
@@ -597,6 +621,7 @@ async def test_rollback_of_a_bet_whose_win_came_first_is_conflict_and_moves_noth
     assert await admin.balance("early") == 12_000
     [incident] = [i for i in await incidents(admin) if i["provider_tx_id"] == "rb-early"]
     assert incident["kind"] == "ROLLBACK_OF_WON_BET"
+    assert incident_payload(incident["recorded"]) == recorded_bet("b-early", 1_000, "won")
 
 
 async def test_rollback_before_the_bet_of_an_early_win_is_conflict(provider, admin):
@@ -606,6 +631,8 @@ async def test_rollback_before_the_bet_of_an_early_win_is_conflict(provider, adm
     status, body = await provider.post("/deposit", rollback("early2", "rb-e2", "b-e2"))
     assert_error(status, body, 409)
     assert await admin.balance("early2") == 13_000
+    [incident] = await incidents(admin)
+    assert incident["recorded"] == "bet settled by win w-e2"
 
 
 async def test_win_naming_a_refused_bet_is_conflict_and_moves_nothing(provider, admin):
