@@ -12,7 +12,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     completed = subprocess.run(
         [
             sys.executable, "-m", "gateway.cli", "bench", "--duration-seconds", "2",
-            "--users", "2", "--out", str(out),
+            "--users", "2", "--latency-users", "2", "--out", str(out),
         ],
         capture_output=True,
         text=True,
@@ -25,11 +25,17 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     assert report["balances_redis_total"] == report["balances_history_total"] > 0
     phases = {phase["name"]: phase for phase in report["phases"]}
     assert set(phases) == {
-        "ceiling", "new-bets-1-process", "provider-mix", "new-bets-half-rate"
+        "ceiling", "new-bets-1-process", "provider-mix", "new-bets-half-rate",
+        "ceiling-half-rate",
     }  # fmt: skip
+    half_rate = phases["new-bets-half-rate"]["target_rps"]
+    assert half_rate == 0.5 * phases["new-bets-1-process"]["endpoints"]["Aggregated"]["rps"]
+    assert phases["ceiling-half-rate"]["target_rps"] == half_rate
     for phase in phases.values():
         assert phase["endpoints"]["Aggregated"]["requests"] > 0, phase["name"]
         assert not phase["failures"], phase["failures"]
     assert "new-bets-1-process" in report["ratios_to_empty_handler"]
     assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
-    assert "Money check: PASSED" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "Money check: PASSED" in markdown
+    assert "Latency at half of the maximum new-bet rate" in markdown
