@@ -4,12 +4,12 @@ Used by the gateway, the tests, the provider simulator and the locust file.
 """
 
 import base64
-import hashlib
 import hmac
 
 
 def sign_body(secret: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+    # hmac.digest: the one-shot C path, a third cheaper than hmac.new(...).digest()
+    digest = hmac.digest(secret.encode("utf-8"), body, "sha256")
     return base64.b64encode(digest).decode("ascii")
 
 
