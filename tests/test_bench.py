@@ -12,7 +12,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     completed = subprocess.run(
         [
             sys.executable, "-m", "gateway.cli", "bench", "--duration-seconds", "2",
-            "--users", "2", "--latency-users", "2", "--out", str(out),
+            "--users", "2", "--latency-users", "2", "--rounds", "2", "--out", str(out),
         ],
         capture_output=True,
         text=True,
@@ -25,16 +25,24 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     assert report["balances_redis_total"] == report["balances_history_total"] > 0
     phases = {phase["name"]: phase for phase in report["phases"]}
     assert set(phases) == {
-        "ceiling", "new-bets-1-process", "provider-mix", "new-bets-half-rate",
-        "ceiling-half-rate",
+        "ceiling-round-1", "new-bets-1-process-round-1", "ceiling-round-2",
+        "new-bets-1-process-round-2", "provider-mix", "new-bets-half-rate", "ceiling-half-rate",
     }  # fmt: skip
+    rps = {name: phase["endpoints"]["Aggregated"]["rps"] for name, phase in phases.items()}
+    ratios = report["ratios_to_empty_handler"]
+    for number in (1, 2):
+        ratio = rps[f"new-bets-1-process-round-{number}"] / rps[f"ceiling-round-{number}"]
+        assert ratios[f"new-bets-1-process-round-{number}"] == round(ratio, 3)
+    assert ratios["median"] == round(
+        (ratios["new-bets-1-process-round-1"] + ratios["new-bets-1-process-round-2"]) / 2, 3
+    )
     half_rate = phases["new-bets-half-rate"]["target_rps"]
-    assert half_rate == 0.5 * phases["new-bets-1-process"]["endpoints"]["Aggregated"]["rps"]
+    median_new_bets = (rps["new-bets-1-process-round-1"] + rps["new-bets-1-process-round-2"]) / 2
+    assert half_rate == 0.5 * median_new_bets
     assert phases["ceiling-half-rate"]["target_rps"] == half_rate
     for phase in phases.values():
         assert phase["endpoints"]["Aggregated"]["requests"] > 0, phase["name"]
         assert not phase["failures"], phase["failures"]
-    assert "new-bets-1-process" in report["ratios_to_empty_handler"]
     assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
     markdown = (out / "report.md").read_text()
     assert "Money check: PASSED" in markdown
