@@ -35,8 +35,9 @@ class Services:
     @classmethod
     def create(cls, settings: Settings, redis: Redis | None = None) -> "Services":
         redis = redis or connect_redis(settings)
-        wallet = Wallet(redis, settings)
-        return cls(settings, redis, wallet, Sessions(wallet), Metrics())
+        metrics = Metrics()
+        wallet = Wallet(redis, settings, metrics.redis_batch_seconds.observe)
+        return cls(settings, redis, wallet, Sessions(wallet), metrics)
 
     async def start(self) -> None:
         await self.wallet.start()

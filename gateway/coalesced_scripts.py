@@ -13,6 +13,8 @@ measured with locust. When idle, a call still goes out in the tick it was made.
 """
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,8 +29,11 @@ PendingCall = tuple[AsyncScript, list[str], tuple[Any, ...], asyncio.Future[Any]
 
 
 class CoalescedScriptCalls:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self, redis: Redis, observe_batch_seconds: Callable[[float], None] | None = None
+    ) -> None:
         self._redis = redis
+        self._observe_batch_seconds = observe_batch_seconds
         self._pending: list[PendingCall] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
@@ -91,6 +96,7 @@ class CoalescedScriptCalls:
         ]
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
+        started = time.perf_counter()
         try:
             # As a redis-py pipeline would: a connection found dead (Redis restarted) is
             # replaced and the batch sent once more. Safe: a script that did run is found by its
@@ -101,6 +107,8 @@ class CoalescedScriptCalls:
             )
         finally:
             await pool.release(connection)
+            if self._observe_batch_seconds:
+                self._observe_batch_seconds(time.perf_counter() - started)
 
 
 async def _send_and_read(

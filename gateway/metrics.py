@@ -50,10 +50,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
         )
-        self.script_seconds = Histogram(
-            "wallet_script_seconds",
-            "Lua script round trip",
-            ["script"],
+        self.redis_batch_seconds = Histogram(
+            "wallet_redis_batch_seconds",
+            "Round trip of one batch of Lua script calls (one write, one read) to Redis",
             buckets=LATENCY_BUCKETS_SECONDS,
             registry=registry,
         )

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,12 +85,17 @@ class ProcessUniqueIds:
 
 
 class Wallet:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        observe_batch_seconds: Callable[[float], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
-        self._script_calls = CoalescedScriptCalls(redis)
+        self._script_calls = CoalescedScriptCalls(redis, observe_batch_seconds)
         self._operator_tx_ids = ProcessUniqueIds(OPERATOR_TX_ID_PREFIX_BYTES)
         self._retention_ms = settings.record_retention_seconds * 1000
         self.session_idle_ms = settings.session_idle_seconds * 1000
