@@ -16,14 +16,14 @@ local extra = {}
 if ref_id ~= '' then
   local bet_owner = redis.call('GET', KEYS[6])
   if bet_owner and bet_owner ~= user_id then
-    record_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner)
-    return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
+    return refuse_as_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner,
+      balance, currency)
   end
   -- a rollback that overtook the bet voided it: the bet never charged, its win must not pay
   local voided_by = redis.call('GET', KEYS[8])
   if voided_by then
-    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by)
-    return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
+    return refuse_as_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by,
+      balance, currency)
   end
   local bet = redis.call('HMGET', KEYS[5], unpack(BET_FIELDS))
   if not bet[3] then
@@ -36,8 +36,7 @@ if ref_id ~= '' then
   elseif bet[4] ~= 'OK' then
     return finish('BET_REFUSED', balance, currency, 0, {})
   elseif bet[1] == 'rolledback' then
-    record_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', recorded_bet(bet))
-    return finish('WIN_AFTER_ROLLBACK', balance, currency, 0, {'incident', 'WIN_AFTER_ROLLBACK'})
+    return refuse_as_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', recorded_bet(bet), balance, currency)
   elseif bet[1] == 'open' then
     redis.call('HSET', KEYS[5], 'state', 'won')
   end

@@ -40,8 +40,9 @@ end
 -- turns into a ledger row. The record keeps only what is read back: replays (fp, outcome,
 -- balance, op, currency), settlement of a bet (action, stake, state) and reconcile (outcome,
 -- fp); short values keep it in Redis' compact hash encoding. The event carries every field,
--- the raw request body included. `extra` adds fields to both (stake/state, incident...).
-local function finish(outcome, balance, currency, delta, extra)
+-- the raw request body included. `extra` adds fields to both (stake/state, incident...),
+-- `event_extra` (optional) to the event only.
+local function finish(outcome, balance, currency, delta, extra, event_extra)
   local balance_text = int_text(balance)
   local record = {
     'fp', fingerprint, 'outcome', outcome, 'balance', balance_text, 'op', operator_tx_id,
@@ -57,6 +58,7 @@ local function finish(outcome, balance, currency, delta, extra)
     record[#record + 1] = extra[i]
     event[#event + 1] = extra[i]
   end
+  for i = 1, #(event_extra or {}) do event[#event + 1] = event_extra[i] end
   redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], retention_ms)
   redis.call('SET', KEYS[2], owner_id, 'PX', retention_ms)
@@ -76,11 +78,15 @@ local function recorded_bet(bet)
     .. ',"outcome":' .. cjson.encode(bet[4]) .. '}'
 end
 
-local function record_incident(incidents_key, outcome, recorded_payload)
+-- A 409 an operator resolves by hand (PROTOCOL.md §6): listed for the admin API with both
+-- payloads, stored as the call's outcome, and in the event with `recorded`, so the history
+-- holds what the wallet held when it refused.
+local function refuse_as_incident(incidents_key, kind, recorded, balance, currency)
   redis.call('LPUSH', incidents_key, cjson.encode({
-    kind = outcome, provider_tx_id = tx_id, user_id = user_id, action = action,
-    referenced_tx_id = ref_id, request = request_body, recorded = recorded_payload,
+    kind = kind, provider_tx_id = tx_id, user_id = user_id, action = action,
+    referenced_tx_id = ref_id, request = request_body, recorded = recorded,
     ts = tonumber(now_ms),
   }))
   redis.call('LTRIM', incidents_key, 0, INCIDENTS_KEPT_MAX - 1)
+  return finish(kind, balance, currency, 0, {'incident', kind}, {'recorded', recorded})
 end

@@ -13,8 +13,8 @@ if currency_in ~= '' and currency_in ~= currency then
 end
 local bet_owner = redis.call('GET', KEYS[6])
 if bet_owner and bet_owner ~= user_id then
-  record_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner)
-  return finish('CROSS_PLAYER', balance, currency, 0, {'incident', 'CROSS_PLAYER'})
+  return refuse_as_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner,
+    balance, currency)
 end
 local bet = redis.call('HMGET', KEYS[5], unpack(BET_FIELDS))
 if bet[3] and bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
@@ -23,8 +23,8 @@ end
 if not bet[3] then
   local early_win = redis.call('GET', KEYS[9])
   if early_win then
-    record_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', 'bet settled by win ' .. early_win)
-    return finish('ROLLBACK_OF_WON_BET', balance, currency, 0, {'incident', 'ROLLBACK_OF_WON_BET'})
+    return refuse_as_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', 'bet settled by win ' .. early_win,
+      balance, currency)
   end
 end
 if not bet[1] or bet[4] ~= 'OK' then
@@ -38,12 +38,10 @@ if bet[1] == 'rolledback' then
   return finish('OK', balance, currency, 0, {})
 end
 if bet[1] == 'won' then
-  record_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', recorded_bet(bet))
-  return finish('ROLLBACK_OF_WON_BET', balance, currency, 0, {'incident', 'ROLLBACK_OF_WON_BET'})
+  return refuse_as_incident(KEYS[7], 'ROLLBACK_OF_WON_BET', recorded_bet(bet), balance, currency)
 end
 if amount_text ~= '' and amount_text ~= bet[2] then
-  record_incident(KEYS[7], 'AMOUNT_MISMATCH', recorded_bet(bet))
-  return finish('AMOUNT_MISMATCH', balance, currency, 0, {'incident', 'AMOUNT_MISMATCH'})
+  return refuse_as_incident(KEYS[7], 'AMOUNT_MISMATCH', recorded_bet(bet), balance, currency)
 end
 redis.call('HSET', KEYS[5], 'state', 'rolledback')
 local refund = 0

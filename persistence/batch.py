@@ -51,6 +51,9 @@ TX_COLUMNS = (
     "stream_id",
 )
 _TX_COLUMN_LIST = ", ".join(TX_COLUMNS)
+# What an incident's script found of the referenced bet: staged with its call, stored in
+# `incidents` only.
+STAGE_COLUMNS = (*TX_COLUMNS, "recorded")
 
 # Per connection (the writer's pool runs it on connect): COPY lands here, then one
 # INSERT ... ON CONFLICT DO NOTHING moves the rows; emptied at every commit.
@@ -59,7 +62,8 @@ CREATE TEMP TABLE IF NOT EXISTS tx_stage (
     provider_tx_id text, user_id text, action text, amount bigint, delta bigint,
     balance_after bigint, currency text, round_id text, game text, bet_tx_id text,
     outcome text, operator_tx_id text, fingerprint text, state text, incident text,
-    tombstone boolean, early_win boolean, request text, created_at timestamptz, stream_id text
+    tombstone boolean, early_win boolean, request text, created_at timestamptz, stream_id text,
+    recorded text
 ) ON COMMIT DELETE ROWS
 """
 
@@ -74,11 +78,10 @@ ON CONFLICT (provider_tx_id) DO NOTHING
 INSERT_STAGED_INCIDENTS = """
 INSERT INTO incidents
     (kind, provider_tx_id, user_id, round_id, bet_tx_id, request, recorded, created_at)
-SELECT s.incident, s.provider_tx_id, s.user_id, s.round_id, s.bet_tx_id, s.request,
-       bet.request, s.created_at
-FROM tx_stage s LEFT JOIN transactions bet ON bet.provider_tx_id = s.bet_tx_id
-WHERE s.incident IS NOT NULL
-ORDER BY s.provider_tx_id
+SELECT incident, provider_tx_id, user_id, round_id, bet_tx_id, request, recorded, created_at
+FROM tx_stage
+WHERE incident IS NOT NULL
+ORDER BY provider_tx_id
 ON CONFLICT (kind, provider_tx_id) DO NOTHING
 """
 
@@ -294,6 +297,7 @@ class HistoryBatch:
                 _field(fields, "req"),
                 _created_at(fields),
                 entry_id,
+                fields.get("recorded"),
             )
         )
 
@@ -322,7 +326,7 @@ class HistoryBatch:
             await connection.executemany(INSERT_SESSION, sorted(self.sessions))
         if self.transactions:
             await connection.copy_records_to_table(
-                "tx_stage", records=self.transactions, columns=TX_COLUMNS
+                "tx_stage", records=self.transactions, columns=STAGE_COLUMNS
             )
             await connection.execute(INSERT_STAGED_TRANSACTIONS)
             if self.incidents:

@@ -85,38 +85,14 @@ SELECT reference, user_id, amount, balance_after, created_at FROM adjustments
 WHERE created_at > $1
 """
 
-# What the incident's script found of the referenced bet (its `recorded`): the bet's record if
-# the bet was accepted before the incident's call (same player, same shard stream: stream order
-# is call order); else, for a WIN, the tombstone the last ROLL_BACK that overtook the bet left,
-# for a ROLL_BACK, the marker the first WIN that overtook it left.
 INCIDENTS = """
-SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.created_at, t.action,
-       bet.user_id AS bet_owner, bet.action AS bet_action, bet.amount AS bet_stake,
-       bet.outcome AS bet_outcome,
-       coalesce(bet.outcome = 'OK'
-                AND stream_position(bet.stream_id) < stream_position(t.stream_id), false)
-           AS bet_recorded,
-       (SELECT v.provider_tx_id FROM transactions v
-        WHERE v.bet_tx_id = i.bet_tx_id AND v.user_id = i.user_id AND v.tombstone
-          AND stream_position(v.stream_id) < stream_position(t.stream_id)
-        ORDER BY stream_position(v.stream_id) DESC LIMIT 1) AS voided_by,
-       (SELECT w.provider_tx_id FROM transactions w
-        WHERE w.bet_tx_id = i.bet_tx_id AND w.user_id = i.user_id AND w.early_win
-        ORDER BY stream_position(w.stream_id) LIMIT 1) AS settled_by
+SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.recorded, i.created_at,
+       t.action
 FROM incidents i
 LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id
-LEFT JOIN transactions bet ON bet.provider_tx_id = i.bet_tx_id
 WHERE i.kind = ANY($1::text[])
 ORDER BY i.created_at, i.id
 """
-
-# The state a bet's record is in when each incident that names it is recorded (the scripts
-# check the state before they record one).
-BET_STATE_AT_INCIDENT = {
-    "WIN_AFTER_ROLLBACK": "rolledback",
-    "ROLLBACK_OF_WON_BET": "won",
-    "AMOUNT_MISMATCH": "open",
-}
 
 
 class RestoreRefused(RuntimeError):
@@ -188,25 +164,6 @@ def idempotency_record(row: Mapping[str, Any]) -> dict[str, str]:
         record["stakes"] = orjson.dumps(list(row["stakes"])).decode()
         record["coefficients"] = orjson.dumps([str(c) for c in row["coefficients"]]).decode()
     return record
-
-
-def incident_recorded(row: Mapping[str, Any]) -> str:
-    """An incident's `recorded` as lua/credit.lua and lua/rollback.lua write it."""
-    if row["kind"] == "CROSS_PLAYER":
-        return f"bet belongs to {row['bet_owner']}"
-    if row["bet_recorded"]:
-        return orjson.dumps(
-            {
-                "provider_tx_id": row["bet_tx_id"],
-                "action": row["bet_action"],
-                "stake": row["bet_stake"],
-                "state": BET_STATE_AT_INCIDENT[row["kind"]],
-                "outcome": row["bet_outcome"],
-            }
-        ).decode()
-    if row["kind"] == "WIN_AFTER_ROLLBACK":
-        return f"bet voided by rollback {row['voided_by']}"
-    return f"bet settled by win {row['settled_by']}"
 
 
 async def restore(
@@ -370,7 +327,7 @@ async def _restore_incidents(
                     "action": row["action"],
                     "referenced_tx_id": row["bet_tx_id"] or "",
                     "request": row["request"],
-                    "recorded": incident_recorded(row),
+                    "recorded": row["recorded"],
                     "ts": datetime_to_ms(row["created_at"]),
                 }
             ),

@@ -159,7 +159,11 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
     assert await database.fetchval("SELECT count(*) FROM rejected_events") == 0
     incident = await database.fetchrow("SELECT * FROM incidents")
     assert (incident["kind"], incident["provider_tx_id"]) == ("ROLLBACK_OF_WON_BET", "r1")
-    assert orjson.loads(incident["recorded"])["provider_tx_id"] == "b1"  # the bet's payload
+    assert orjson.loads(incident["recorded"])["provider_tx_id"] == "b1"
+    # the history holds what the wallet recorded when it refused, as the admin API lists it
+    status, body = await admin.call("GET", "/admin/incidents")
+    assert status == 200, body
+    assert [listed["recorded"] for listed in body["data"]["incidents"]] == [incident["recorded"]]
 
 
 async def test_writer_killed_mid_batch_then_a_new_one_writes_every_event_exactly_once(

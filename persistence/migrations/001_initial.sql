@@ -121,7 +121,7 @@ CREATE TABLE incidents (
     round_id        text,
     bet_tx_id       text,
     request         text,                     -- the refused request
-    recorded        text,                     -- the referenced bet's request, when known
+    recorded        text,                     -- what the wallet held of the referenced bet
     details         jsonb,
     created_at      timestamptz NOT NULL,
     UNIQUE (kind, provider_tx_id)
