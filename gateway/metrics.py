@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.outcomes import INCIDENT_OUTCOMES, status_of
+from persistence.writer_metrics import WriterLagGauges
 
 LATENCY_BUCKETS_SECONDS = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -73,16 +74,7 @@ class Metrics:
             "Entries in the event streams (all shards)",
             registry=registry,
         )
-        self.writer_lag = Gauge(
-            "wallet_writer_lag_entries",
-            "Entries not yet written to PostgreSQL",
-            registry=registry,
-        )
-        self.writer_lag_seconds = Gauge(
-            "wallet_writer_lag_seconds",
-            "Age of the oldest event not yet written",
-            registry=registry,
-        )
+        self.writer_lag = WriterLagGauges(registry)
         self.redis_up = Gauge("wallet_redis_up", "1 when Redis answers", registry=registry)
         self.postgres_up = Gauge(
             "wallet_postgres_up", "1 when PostgreSQL answers", registry=registry
@@ -110,8 +102,8 @@ class Metrics:
 
     def _gauges(self) -> list[Gauge]:
         return [
-            self.stream_length, self.writer_lag, self.writer_lag_seconds, self.redis_up,
-            self.postgres_up,
+            self.stream_length, self.writer_lag.entries, self.writer_lag.seconds,
+            self.redis_up, self.postgres_up,
         ]  # fmt: skip
 
 

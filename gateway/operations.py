@@ -44,8 +44,7 @@ class OperationsApi:
         progress = await read_progress(self.redis, self.streams)
         lag = WriterLag.of(progress)
         self.metrics.stream_length.set(sum(stream.length for stream in progress))
-        self.metrics.writer_lag.set(lag.retained_events)
-        self.metrics.writer_lag_seconds.set(lag.seconds_behind)
+        self.metrics.writer_lag.observe(lag)
 
     def routes(self) -> list[web.RouteDef]:
         return [

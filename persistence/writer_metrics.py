@@ -19,6 +19,27 @@ BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 METRICS_SHUTDOWN_SECONDS = 5.0
 
 
+class WriterLagGauges:
+    """How far the history is behind the streams: the writer serves these, and so does the
+    gateway's admin listener (it reads the same progress from Redis), under the same names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.entries = Gauge(
+            "wallet_writer_lag_entries",
+            "Entries not yet written to PostgreSQL (upper bound)",
+            registry=registry,
+        )
+        self.seconds = Gauge(
+            "wallet_writer_lag_seconds",
+            "Age of the oldest entry not yet written to PostgreSQL",
+            registry=registry,
+        )
+
+    def observe(self, lag: WriterLag) -> None:
+        self.entries.set(lag.retained_events)
+        self.seconds.set(lag.seconds_behind)
+
+
 class WriterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -57,21 +78,11 @@ class WriterMetrics:
             "Entries delivered to a writer and not acknowledged yet",
             registry=registry,
         )
-        self.lag = Gauge(
-            "wallet_writer_lag_entries",
-            "Entries not yet written to PostgreSQL (upper bound)",
-            registry=registry,
-        )
-        self.lag_seconds = Gauge(
-            "wallet_writer_lag_seconds",
-            "Age of the oldest entry not yet written to PostgreSQL",
-            registry=registry,
-        )
+        self.lag = WriterLagGauges(registry)
 
     def observe_lag(self, lag: WriterLag) -> None:
         self.pending.set(lag.pending_events)
-        self.lag.set(lag.retained_events)
-        self.lag_seconds.set(lag.seconds_behind)
+        self.lag.observe(lag)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(
