@@ -6,6 +6,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import ADMIN_TOKEN, Admin, Provider
+from helpers import assert_error_envelope
 from payloads import bet, rollback, win
 
 from gateway.app import Services, create_admin_app
@@ -44,13 +45,6 @@ BAD_AUTHORIZATIONS = [
     pytest.param(f"Bearer {ADMIN_TOKEN}x", id="token-with-suffix"),
     pytest.param(f"Bearer {ADMIN_TOKEN[:-1]}", id="token-prefix"),
 ]
-
-
-def assert_error_envelope(body: dict[str, Any], code: int) -> None:
-    assert set(body) == {"code", "message", "data"}, body
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    assert body["data"] is None
 
 
 async def stream_events(services: Any) -> list[dict[str, str]]:

@@ -6,26 +6,13 @@ from typing import Any
 
 import pytest
 from conftest import Admin, Provider
+from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, win
 
 from gateway.app import Services, create_admin_app, create_gateway_app
 
 USER = "player-1"
 BALANCE = 10_000
-
-
-def assert_error_envelope(body: dict[str, Any], code: int) -> None:
-    assert set(body) == {"code", "message", "data"}, body
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    assert body["data"] is None
-
-
-async def stream_events(services: Any) -> int:
-    total = 0
-    for stream in services.wallet.keys.all_streams():
-        total += await services.redis.xlen(stream)
-    return total
 
 
 async def user_token_for(admin: Admin, user_id: str) -> str:
@@ -381,11 +368,11 @@ async def test_balance_in_another_currency_is_400(provider: Provider, player: An
 async def test_balance_is_read_only(provider: Provider, services: Services, player: Any) -> None:
     """No stream event, no idempotency record, no key of any kind."""
     keys_before = sorted([key async for key in services.redis.scan_iter()])
-    events_before = await stream_events(services)
+    events_before = await stream_event_count(services)
     for _ in range(3):
         status, body = await provider.post(
             "/balance", {"user_id": USER, "provider_tx_id": "tx-1", "currency": "USD"}
         )
         assert status == 200, body
     assert sorted([key async for key in services.redis.scan_iter()]) == keys_before
-    assert await stream_events(services) == events_before
+    assert await stream_event_count(services) == events_before

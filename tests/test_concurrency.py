@@ -6,16 +6,12 @@ from collections import Counter
 from typing import Any
 
 import orjson
+from helpers import player_with_session
 from payloads import bet, rollback, win
 
 from gateway.keys import shard_of
 
 INSUFFICIENT_FUNDS = {"code": 402, "message": "Insufficient player balance", "data": None}
-
-
-async def player_with_session(admin: Any, user_id: str, balance: int) -> str:
-    await admin.create_player(user_id, balance)
-    return await admin.open_session(user_id)
 
 
 async def tx_events(services: Any, user_id: str) -> Counter[str]:

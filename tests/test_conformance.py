@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession, web
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
+from helpers import base_url
 
 from gateway import conformance
 from gateway.app import Services, create_admin_app, create_gateway_app
@@ -50,10 +51,6 @@ IDEMPOTENCY_RULES = {
 class RunningGateway:
     url: str
     admin_url: str
-
-
-def base_url(server: Any) -> str:
-    return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import Admin, Provider
+from helpers import assert_error_envelope
 from payloads import bet
 
 from gateway import launch
@@ -27,13 +28,6 @@ LAUNCH = {
     "portal_mode": "real",
 }
 QUERY_PARAMS = {"userToken", "currency", "platform", "portalMode", "returnUrl", "language"}
-
-
-def assert_error_envelope(body: dict[str, Any], code: int) -> None:
-    assert set(body) == {"code", "message", "data"}, body
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    assert body["data"] is None
 
 
 @dataclass

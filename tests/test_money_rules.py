@@ -8,6 +8,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import Provider
+from helpers import incident_metric, incidents, player_with_session, user_in_shard
 from payloads import bet, rollback, win
 
 from gateway.app import Services, create_gateway_app
@@ -16,37 +17,6 @@ from gateway.settings import Settings
 
 INSUFFICIENT_FUNDS = {"code": 402, "message": "Insufficient player balance", "data": None}
 SESSION_IDLE_SECONDS_SHORT = 1
-
-
-def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
-    """A user id whose keys land in `shard`."""
-    for n in range(10_000):
-        user_id = f"{prefix}-{n}"
-        if shard_of(user_id, shards) == shard:
-            return user_id
-    raise AssertionError("no user id for that shard")
-
-
-async def player_with_session(admin: Any, user_id: str, balance: int = 10_000, **extra: Any) -> str:
-    await admin.create_player(user_id, balance, **extra)
-    return await admin.open_session(user_id)
-
-
-async def incidents(admin: Any) -> list[dict[str, Any]]:
-    status, body = await admin.call("GET", "/admin/incidents")
-    assert status == 200, body
-    return body["data"]["incidents"]
-
-
-async def incident_metric(admin: Any, kind: str) -> float:
-    """wallet_incidents_total for one kind, from /metrics on the admin listener."""
-    response = await admin.client.get("/metrics", headers=admin.headers)
-    assert response.status == 200
-    prefix = f'wallet_incidents_total{{kind="{kind}"}} '
-    for line in (await response.text()).splitlines():
-        if line.startswith(prefix):
-            return float(line.removeprefix(prefix))
-    return 0.0
 
 
 def assert_error(status: int, body: dict[str, Any], code: int) -> None:

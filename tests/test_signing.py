@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import PUBLIC_KEY, SECRET
+from helpers import stream_event_count
 from payloads import bet
 
 from gateway.signing import KeyRing, sign_body, signed_headers
@@ -34,13 +35,6 @@ def assert_envelope(body: dict[str, Any], code: int) -> None:
 
 def raw_hmac(secret: str, body: bytes) -> bytes:
     return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
-
-
-async def stream_events(services: Any) -> int:
-    total = 0
-    for stream in services.wallet.keys.all_streams():
-        total += await services.redis.xlen(stream)
-    return total
 
 
 async def tx_records(services: Any) -> list[str]:
@@ -99,12 +93,12 @@ async def player(admin: Any) -> dict[str, str]:
 async def assert_refused_and_nothing_moved(
     provider: Any, admin: Any, services: Any, path: str, body: bytes, headers: dict[str, str]
 ) -> None:
-    events_before = await stream_events(services)
+    events_before = await stream_event_count(services)
     status, raw = await provider.post_raw(path, body, headers)
     assert status == 401
     assert_envelope(orjson.loads(raw), 401)
     assert await admin.balance("player-1") == 10_000
-    assert await stream_events(services) == events_before
+    assert await stream_event_count(services) == events_before
     assert await tx_records(services) == []
 
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
+from helpers import base_url
 
 from gateway import simulator as simulate_command
 from gateway.app import Services, create_admin_app, create_gateway_app
@@ -36,10 +37,6 @@ from gateway.simulator import GAMES, ProviderSimulator, SimulatorConfig
 FAST_RETRY = RetryPolicy(attempts_max=5, backoff_first_seconds=0.01, backoff_max_seconds=0.05)
 CALL_TIMEOUT_SECONDS_SHORT = 0.2
 PLAYER_BALANCE_MILLIS = 20_000
-
-
-def base_url(server: Any) -> str:
-    return str(server.make_url("")).rstrip("/")
 
 
 @dataclass

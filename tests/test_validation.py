@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import PUBLIC_KEY, SECRET
+from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, close_round, rollback, win
 
 from gateway.callbacks import BODY_BYTES_MAX
@@ -14,20 +15,6 @@ from gateway.signing import signed_headers
 
 USER = "player-1"
 BALANCE = 10_000
-
-
-def assert_error_envelope(body: dict[str, Any], code: int) -> None:
-    assert set(body) == {"code", "message", "data"}, body
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    assert body["data"] is None
-
-
-async def stream_events(services: Any) -> int:
-    total = 0
-    for stream in services.wallet.keys.all_streams():
-        total += await services.redis.xlen(stream)
-    return total
 
 
 @pytest.fixture
@@ -54,7 +41,7 @@ class Unchanged:
     async def take(self) -> tuple[int, int, int]:
         return (
             await self.admin.balance(USER),
-            await stream_events(self.services),
+            await stream_event_count(self.services),
             await self.services.redis.dbsize(),
         )
 

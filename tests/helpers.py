@@ -1,0 +1,57 @@
+"""What many test modules check or set up the same way (imported as `from helpers import ...`,
+like payloads.py)."""
+
+from typing import Any
+
+from gateway.keys import shard_of
+
+
+def assert_error_envelope(body: dict[str, Any], code: int) -> None:
+    assert set(body) == {"code", "message", "data"}, body
+    assert body["code"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["data"] is None
+
+
+async def stream_event_count(services: Any) -> int:
+    """Entries on every shard's event stream."""
+    total = 0
+    for stream in services.wallet.keys.all_streams():
+        total += await services.redis.xlen(stream)
+    return total
+
+
+def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
+    """A user id whose keys land in `shard`."""
+    for n in range(10_000):
+        user_id = f"{prefix}-{n}"
+        if shard_of(user_id, shards) == shard:
+            return user_id
+    raise AssertionError("no user id for that shard")
+
+
+async def player_with_session(admin: Any, user_id: str, balance: int = 10_000, **extra: Any) -> str:
+    await admin.create_player(user_id, balance, **extra)
+    return await admin.open_session(user_id)
+
+
+async def incidents(admin: Any) -> list[dict[str, Any]]:
+    status, body = await admin.call("GET", "/admin/incidents")
+    assert status == 200, body
+    return body["data"]["incidents"]
+
+
+async def incident_metric(admin: Any, kind: str) -> float:
+    """wallet_incidents_total for one kind, from /metrics on the admin listener."""
+    response = await admin.client.get("/metrics", headers=admin.headers)
+    assert response.status == 200
+    prefix = f'wallet_incidents_total{{kind="{kind}"}} '
+    for line in (await response.text()).splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return 0.0
+
+
+def base_url(server: Any) -> str:
+    """The root URL of an aiohttp test server, without the trailing slash."""
+    return str(server.make_url("")).rstrip("/")
