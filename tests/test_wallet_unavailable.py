@@ -113,12 +113,7 @@ async def test_bet_retried_after_redis_returns_applies_exactly_once(own_redis, o
     assert (await admin.call("GET", "/admin/players/alice"))[0] == 503
 
     own_redis.start()  # same port and data folder: the AOF brings the wallet back
-    first = await retry_until_answered(provider, "/withdraw", body)
-    assert first[0] == 200
-    assert orjson.loads(first[1])["data"]["new_balance"] == 9_000
-    assert await provider.post_raw("/withdraw", body) == first
-    assert await admin.balance("alice") == 9_000
-    assert await tx_event_count(services, "alice", "b1") == 1
+    await assert_retries_debit_once(provider, admin, services, body)
 
 
 async def test_bet_that_timed_out_is_applied_once_by_its_retry(own_redis, own_gateway):
@@ -135,12 +130,7 @@ async def test_bet_that_timed_out_is_applied_once_by_its_retry(own_redis, own_ga
     await asyncio.sleep(REDIS_PAUSE_MS / 1000 + 0.2)
     await pauser.aclose()
 
-    first = await retry_until_answered(provider, "/withdraw", body)
-    assert first[0] == 200
-    assert orjson.loads(first[1])["data"]["new_balance"] == 9_000
-    assert await provider.post_raw("/withdraw", body) == first
-    assert await admin.balance("alice") == 9_000
-    assert await tx_event_count(services, "alice", "b1") == 1
+    await assert_retries_debit_once(provider, admin, services, body)
 
 
 async def test_win_retried_after_an_outage_credits_exactly_once(own_redis, own_gateway):
@@ -158,6 +148,19 @@ async def test_win_retried_after_an_outage_credits_exactly_once(own_redis, own_g
     assert await retry_until_answered(provider, "/deposit", body) == first
     assert await admin.balance("alice") == 11_500
     assert await tx_event_count(services, "alice", "w1") == 1
+
+
+async def assert_retries_debit_once(
+    provider: Provider, admin: Any, services: Services, body: bytes
+) -> None:
+    """The provider's retries of alice's bet b1 of 1,000 (of 10,000): debited once, and every
+    answer after the first success is that success, byte for byte."""
+    first = await retry_until_answered(provider, "/withdraw", body)
+    assert first[0] == 200
+    assert orjson.loads(first[1])["data"]["new_balance"] == 9_000
+    assert await provider.post_raw("/withdraw", body) == first
+    assert await admin.balance("alice") == 9_000
+    assert await tx_event_count(services, "alice", "b1") == 1
 
 
 # The provider retries a 503; so does this helper, a bounded number of times.
