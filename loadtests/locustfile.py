@@ -96,6 +96,21 @@ def _wait_time() -> Any:
     return between(0, SETTINGS.wait_seconds_max)
 
 
+def stake_bet(
+    user_id: str, session_token: str, tx_id: str, round_id: str, game: str
+) -> dict[str, Any]:
+    """A bet of the configured stake, in the configured currency."""
+    return bet_body(
+        user_id=user_id,
+        session_token=session_token,
+        amount_millis=SETTINGS.stake_millis,
+        currency=SETTINGS.currency,
+        provider_tx_id=tx_id,
+        round_id=round_id,
+        game=game,
+    )
+
+
 class Player(FastHttpUser):
     """A player created through the admin API, authenticated, with the signed-call helpers."""
 
@@ -153,15 +168,7 @@ class Player(FastHttpUser):
         self._post(
             WITHDRAW_PATH,
             "/withdraw BET",
-            bet_body(
-                user_id=self.user_id,
-                session_token=self.session_token,
-                amount_millis=SETTINGS.stake_millis,
-                currency=SETTINGS.currency,
-                provider_tx_id=tx,
-                round_id=round_id,
-                game=game,
-            ),
+            stake_bet(self.user_id, self.session_token, tx, round_id, game),
             duplicate,
         )
         return tx
@@ -254,17 +261,7 @@ class Provider(Player):
 def post_new_bet(user: FastHttpUser, user_id: str, session_token: str, tx_id: str) -> None:
     """The benchmark's request, the same code for the gateway and for the empty handler, so
     the two phases differ only by the server. A non-2xx answer counts as a locust failure."""
-    body = encode(
-        bet_body(
-            user_id=user_id,
-            session_token=session_token,
-            amount_millis=SETTINGS.stake_millis,
-            currency=SETTINGS.currency,
-            provider_tx_id=tx_id,
-            round_id=f"{user_id}-r",
-            game="aviadrone",
-        )
-    )
+    body = encode(stake_bet(user_id, session_token, tx_id, f"{user_id}-r", "aviadrone"))
     headers = signed_headers(user.public_key, user.secret, body)
     user.client.post(WITHDRAW_PATH, data=body, headers=headers, name="/withdraw BET")
 
