@@ -51,8 +51,8 @@ LAG_SAMPLE_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 5.0
 LOCUST_EXTRA_SECONDS = 30.0  # start-up and shutdown on top of the run time
 HALF_RATE_FRACTION = 0.5
-CEILING_ROUND_PREFIX = "ceiling-round-"
-ROUND_SUFFIX = "-process-round-"
+CEILING_CLASS = "EmptyHandlerCeiling"
+NEW_BETS_CLASS = "NewBets"
 # At a fixed rate, fewer users keep locust's own queueing out of the latencies it reports:
 # against the empty handler at 1,700 req/s, p99 was 10 ms with 32 users, 3 ms with 8.
 LATENCY_USERS_DEFAULT = 8
@@ -70,6 +70,7 @@ class PhaseResult:
     users: int
     seconds: int
     target_rps: float | None
+    round_number: int | None = None  # the ceiling / new-bets pairs, measured back to back
     endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -102,16 +103,15 @@ class BenchReport:
 
     def rounds(self) -> list[tuple[PhaseResult, PhaseResult]]:
         """(ceiling, new bets) of each round, measured back to back."""
-        pairs = []
-        for ceiling in self.phases:
-            if ceiling.name.startswith(CEILING_ROUND_PREFIX):
-                number = ceiling.name.removeprefix(CEILING_ROUND_PREFIX)
-                new_bets = next(
-                    (p for p in self.phases if p.name.endswith(ROUND_SUFFIX + number)), None
-                )
-                if new_bets and ceiling.total.get("rps") and new_bets.total.get("rps"):
-                    pairs.append((ceiling, new_bets))
-        return pairs
+        by_round: dict[int, dict[str, PhaseResult]] = {}
+        for phase in self.phases:
+            if phase.round_number is not None and phase.total.get("rps"):
+                by_round.setdefault(phase.round_number, {})[phase.locust_class] = phase
+        return [
+            (pair[CEILING_CLASS], pair[NEW_BETS_CLASS])
+            for pair in by_round.values()
+            if CEILING_CLASS in pair and NEW_BETS_CLASS in pair
+        ]
 
     def ratios(self) -> dict[str, float]:
         """New-bet throughput as a fraction of the empty handler's: each round's, their median
@@ -364,12 +364,19 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
         sampler.start()
 
         def measure(
-            name: str, locust_class: str, workers: int, target: str, rps: float | None = None
+            name: str,
+            locust_class: str,
+            workers: int,
+            target: str,
+            rps: float | None = None,
+            round_number: int | None = None,
         ) -> PhaseResult:
             # every phase starts with the writer caught up, so none pays for the last one's lag
             lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
             users = args.latency_users if rps else args.users
-            phase = PhaseResult(name, locust_class, workers, users, args.duration_seconds, rps)
+            phase = PhaseResult(
+                name, locust_class, workers, users, args.duration_seconds, rps, round_number
+            )
             report.phases.append(run_locust(phase, target, load_env, out_dir, lag))
             return phase
 
@@ -387,19 +394,24 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
                 with running(gateway, child_env(settings), out_dir / f"gateway-{workers}.log"):
                     wait_until_ready(admin_url + "/readyz", out_dir / f"gateway-{workers}.log")
                     if workers != args.workers[0]:
-                        measure(f"new-bets-{workers}-process", "NewBets", workers, host)
+                        measure(f"new-bets-{workers}-process", NEW_BETS_CLASS, workers, host)
                         continue
                     for number in range(1, args.rounds + 1):
                         measure(
-                            f"{CEILING_ROUND_PREFIX}{number}", "EmptyHandlerCeiling", 1, ceiling_url
+                            f"ceiling-round-{number}", CEILING_CLASS, 1, ceiling_url, None, number
                         )
                         measure(
-                            f"new-bets-{workers}{ROUND_SUFFIX}{number}", "NewBets", workers, host
+                            f"new-bets-{workers}-process-round-{number}",
+                            NEW_BETS_CLASS,
+                            workers,
+                            host,
+                            None,
+                            number,
                         )
                     measure("provider-mix", "Provider", workers, host)
                     half_rate = HALF_RATE_FRACTION * report.median_new_bets_rps()
-                    measure("new-bets-half-rate", "NewBets", workers, host, half_rate)
-                    measure("ceiling-half-rate", "EmptyHandlerCeiling", 1, ceiling_url, half_rate)
+                    measure("new-bets-half-rate", NEW_BETS_CLASS, workers, host, half_rate)
+                    measure("ceiling-half-rate", CEILING_CLASS, 1, ceiling_url, half_rate)
                     report.duplicates_replayed = scrape_replays(admin_url)
             print("[bench] waiting for the history writer, then reconciling", flush=True)
             outcome = asyncio.run(run_with_redis(settings, reconcile))
