@@ -83,13 +83,14 @@ class Metrics:
     def observe_callback(
         self, endpoint: str, action: str, outcome: str, seconds: float, replayed: bool
     ) -> None:
-        self.requests.labels(endpoint, action, str(status_of(outcome))).inc()
+        status = status_of(outcome)
+        self.requests.labels(endpoint, action, str(status)).inc()
         self.request_seconds.labels(endpoint).observe(seconds)
         if replayed:
             self.replays.labels(endpoint).inc()
         elif outcome in INCIDENT_OUTCOMES:
             self.incidents.labels(outcome).inc()
-        if status_of(outcome) == 409:
+        if status == 409:
             self.conflicts.labels(outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
