@@ -36,16 +36,26 @@ OUTCOMES: dict[str, tuple[int, str]] = {
     "WIN_AFTER_ROLLBACK": (409, "Bet was rolled back"),
     "AMOUNT_MISMATCH": (409, "Rollback amount differs from the recorded stake"),
     "CROSS_PLAYER": (409, "Referenced bet belongs to another player"),
+    "DOUBLE_WIN": (409, "Bet was already settled by another win"),
+    "BALANCE_LIMIT": (409, "The credit would take the balance above its limit"),
     "PLAYER_EXISTS": (409, "Player already exists"),
     "REFERENCE_CONFLICT": (409, "Adjustment reference already used with different content"),
     "BODY_TOO_LARGE": (413, "Request body too large"),
+    "INTERNAL_ERROR": (500, "Internal error"),
     "PROVIDER_UNAVAILABLE": (502, "Game provider did not answer"),
     "WALLET_UNAVAILABLE": (503, "Wallet temporarily unavailable"),
 }
 
 # The 409s an operator must resolve by hand (PROTOCOL.md §6): stored with both payloads.
 INCIDENT_OUTCOMES = frozenset(
-    {"ROLLBACK_OF_WON_BET", "WIN_AFTER_ROLLBACK", "AMOUNT_MISMATCH", "CROSS_PLAYER"}
+    {
+        "ROLLBACK_OF_WON_BET",
+        "WIN_AFTER_ROLLBACK",
+        "AMOUNT_MISMATCH",
+        "CROSS_PLAYER",
+        "DOUBLE_WIN",
+        "BALANCE_LIMIT",
+    }
 )
 
 
