@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway import conformance, server, simulator
+from gateway.instance import check_ports_free, data_dir_locked
 from gateway.logs import configure_logging
 from gateway.redis_connection import run_with_redis
 from gateway.settings import Settings, add_setting_flags, load_settings
@@ -42,14 +43,16 @@ def _print_banner(settings: Settings) -> None:
 
 
 def command_up(settings: Settings) -> int:
-    settings = ensure_credentials(settings)
-    stack = EmbeddedStack(settings)
-    try:
-        settings = stack.start(settings)
-        asyncio.run(migrate(settings.database_url))
-        server.run(settings, started=lambda: _print_banner(settings), with_writer=True)
-    finally:
-        stack.stop()
+    with data_dir_locked(settings.data_dir):
+        check_ports_free(settings)
+        settings = ensure_credentials(settings)
+        stack = EmbeddedStack(settings)
+        try:
+            settings = stack.start(settings)
+            asyncio.run(migrate(settings.database_url))
+            server.run(settings, started=lambda: _print_banner(settings), with_writer=True)
+        finally:
+            stack.stop()
     return 0
 
 
@@ -58,6 +61,7 @@ def command_serve(settings: Settings) -> int:
         raise ValueError("serve needs REDIS_URL (or use `wallet-gateway up`)")
     if not settings.provider_keys or not settings.admin_token:
         raise ValueError("serve needs PROVIDER_KEYS and ADMIN_TOKEN")
+    check_ports_free(settings)
     server.run(settings, started=lambda: log.info("serving on port %s", settings.gateway_port))
     return 0
 

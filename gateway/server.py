@@ -1,7 +1,8 @@
 """Running the listeners: the callback gateway in N processes sharing one port (SO_REUSEPORT),
-the admin API in the first one."""
+the admin API in the first one, which supervises the others."""
 
 import asyncio
+import functools
 import gc
 import logging
 import multiprocessing
@@ -17,16 +18,21 @@ from aiohttp import web
 from gateway.app import Services, create_admin_app, create_gateway_app, operations_api
 from gateway.metrics import MULTIPROCESS_DIR_ENV, refresh_gauges
 from gateway.settings import Settings
+from gateway.supervisor import Supervisor
 from persistence.writer import run_writer_process
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 log = logging.getLogger("gateway.server")
 
 
-async def _start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _start_site(
+    app: web.Application, host: str, port: int, reuse_port: bool = False
+) -> web.AppRunner:
+    """`reuse_port` only for the workers of one instance: any process of the same user could
+    join a port bound with SO_REUSEPORT and take a share of its connections."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=True).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     return runner
 
 
@@ -41,8 +47,10 @@ async def serve(
     with_gateway: bool,
     with_admin: bool,
     started: Callable[[], None] | None = None,
+    supervisor: Supervisor | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight calls, and exit."""
+    """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight calls, and exit.
+    With a `supervisor`: restart its dead children meanwhile."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     services = Services.create(settings)
@@ -51,10 +59,15 @@ async def serve(
     if with_gateway:
         runners.append(
             await _start_site(
-                create_gateway_app(services), settings.gateway_host, settings.gateway_port
+                create_gateway_app(services),
+                settings.gateway_host,
+                settings.gateway_port,
+                reuse_port=settings.workers > 1,
             )
         )
     tasks = []
+    if supervisor:
+        tasks.append(asyncio.create_task(supervisor.watch(stop)))
     if with_admin:
         runners.append(
             await _start_site(create_admin_app(services), settings.admin_host, settings.admin_port)
@@ -91,24 +104,31 @@ def run(
         # set before the workers start, so their prometheus_client writes to files
         metrics_dir = tempfile.mkdtemp(prefix="wallet-gateway-metrics-")
         os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
-    workers = [
-        context.Process(target=_worker_main, args=(settings,), name=f"gateway-worker-{n}")
+    makers = [
+        functools.partial(
+            context.Process, target=_worker_main, args=(settings,), name=f"gateway-worker-{n}"
+        )
         for n in range(settings.workers if metrics_dir else 0)
     ]
     if with_writer:
-        workers.append(
-            context.Process(target=run_writer_process, args=(settings,), name="history-writer")
+        makers.append(
+            functools.partial(
+                context.Process, target=run_writer_process, args=(settings,), name="history-writer"
+            )
         )
-    for worker in workers:
-        worker.start()
+    supervisor = Supervisor(makers)
+    supervisor.start()
     try:
         uvloop.run(
-            serve(settings, with_gateway=metrics_dir is None, with_admin=True, started=started)
+            serve(
+                settings,
+                with_gateway=metrics_dir is None,
+                with_admin=True,
+                started=started,
+                supervisor=supervisor,
+            )
         )
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.join(SHUTDOWN_GRACE_SECONDS)
+        supervisor.stop(SHUTDOWN_GRACE_SECONDS)
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
-"""`serve --workers 2`: two processes share the callback port (SO_REUSEPORT), and the admin
-listener's /metrics counts the callbacks of both."""
+"""`serve --workers 2`: two processes share the callback port (SO_REUSEPORT), the admin
+listener shares its port with nobody, and its /metrics counts the callbacks of both."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import orjson
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
+from instances import shared_bind_error
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.embedded import EmbeddedRedis, free_port
@@ -57,6 +59,7 @@ def test_two_workers_share_the_port_and_metrics_count_both(
                 break
             except OSError:
                 time.sleep(0.2)
+        assert shared_bind_error(admin_port) == errno.EADDRINUSE
         for _ in range(CALLBACKS):
             body = orjson.dumps({"user_id": "nobody"})
             answer = orjson.loads(
