@@ -16,6 +16,7 @@ from gateway.sessions import Sessions
 from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.wallet import Wallet
+from persistence.records import HistoryRecords
 from persistence.support_api import SupportApi
 
 HISTORY_POOL_CONNECTIONS_MAX = 4
@@ -45,6 +46,14 @@ class Services:
             # min_size=0: the gateway starts, and keeps answering, while PostgreSQL is down
             self.history_pool = await asyncpg.create_pool(
                 self.settings.database_url, min_size=0, max_size=HISTORY_POOL_CONNECTIONS_MAX
+            )
+            wallet = self.wallet
+            wallet.history = HistoryRecords(
+                self.history_pool,
+                self.redis,
+                wallet.scripts.bring_back_record,
+                wallet.keys,
+                self.settings.record_retention_seconds * 1000,
             )
 
     async def close(self) -> None:

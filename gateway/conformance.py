@@ -717,9 +717,10 @@ async def bet_id_reused_with_another_amount_is_409(probe: Probe) -> None:
 
 @rule("§5")
 async def win_id_reused_with_another_amount_is_409(probe: Probe) -> None:
-    player, bet = await probe.player_with_bet()
-    win = probe.win(player, 2_000, bet)
-    balance = PLAYER_BALANCE_MILLIS - STAKE_MILLIS + 2_000
+    # a WIN naming no bet: only its id can make the second one a 409 (not DOUBLE_WIN)
+    player = await probe.player()
+    win = probe.win(player, 2_000)
+    balance = PLAYER_BALANCE_MILLIS + 2_000
     await probe.expect_money(DEPOSIT_PATH, win, player, balance)
     await probe.expect(DEPOSIT_PATH, {**win, "amount": 20_000}, 409)
     await probe.expect_balance(player, balance)
@@ -795,6 +796,15 @@ async def rollback_of_a_won_bet_is_409_and_moves_nothing(probe: Probe) -> None:
     balance = PLAYER_BALANCE_MILLIS - STAKE_MILLIS + 2_000
     await probe.expect_money(DEPOSIT_PATH, probe.win(player, 2_000, bet), player, balance)
     await probe.expect(DEPOSIT_PATH, probe.rollback(player, bet), 409)
+    await probe.expect_balance(player, balance)
+
+
+@rule("§6")
+async def second_win_of_a_bet_is_409_and_moves_nothing(probe: Probe) -> None:
+    player, bet = await probe.player_with_bet()
+    balance = PLAYER_BALANCE_MILLIS - STAKE_MILLIS + 2_000
+    await probe.expect_money(DEPOSIT_PATH, probe.win(player, 2_000, bet), player, balance)
+    await probe.expect(DEPOSIT_PATH, probe.win(player, 2_000, bet), 409)  # another tx id
     await probe.expect_balance(player, balance)
 
 

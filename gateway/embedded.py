@@ -72,7 +72,9 @@ class EmbeddedRedis:
         *,
         appendfsync: str = "everysec",
         redis_server_bin: Path | None = None,
+        replica_of: "EmbeddedRedis | None" = None,
     ) -> None:
+        """`replica_of`: a read-only replica of that server (REDIS_WAIT_REPLICAS, failover)."""
         if appendfsync not in REDIS_APPENDFSYNC_CHOICES:
             raise ValueError(f"appendfsync must be one of {REDIS_APPENDFSYNC_CHOICES}")
         self.port = free_port()
@@ -82,7 +84,13 @@ class EmbeddedRedis:
         if not self._server_bin.is_file():
             raise EmbeddedServerError(f"no redis-server at {self._server_bin}")
         self._log_path = self._data_dir / "redis.log"
+        self._replica_of = replica_of
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "redis-server is not running"
+        return self._process.pid
 
     @property
     def url(self) -> str:
@@ -108,6 +116,8 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self._log_path),
         ]  # fmt: skip
+        if self._replica_of is not None:
+            command += ["--replicaof", LOOPBACK_HOST, str(self._replica_of.port)]
         process = _launch(command, self._log_path, {})
         _wait_until_ready(
             "redis-server", process, self._log_path, lambda: self._answers_as(process.pid)

@@ -83,6 +83,11 @@ class KeySpace:
         return f"{PREFIX}:{{{shard}}}:round:{round_id}"
 
     @staticmethod
+    def seen_filter(shard: int) -> str:
+        """Every tx id of the shard ever stored, for ever (gateway/seen_filter.py)."""
+        return f"{PREFIX}:{{{shard}}}:seen"
+
+    @staticmethod
     def events(shard: int) -> str:
         return f"{PREFIX}:{{{shard}}}:events"
 

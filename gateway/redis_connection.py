@@ -4,12 +4,19 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.settings import Settings
 
 REDIS_CONNECTIONS_MAX = 512
+# CLIENT SETNAME of every connection of a gateway and of a history writer (see
+# persistence/writer.py connect_writer_redis): CLIENT LIST then tells them from other clients,
+# so restore can refuse a wallet that is live.
+GATEWAY_CLIENT_NAME = "wallet-gateway"
+WRITER_CLIENT_NAME = "wallet-writer"
 
 
 class HiredisPackedConnection(Connection):
@@ -38,7 +45,10 @@ def connect_redis(settings: Settings) -> Redis:
         socket_connect_timeout=timeout_seconds,
         max_connections=REDIS_CONNECTIONS_MAX,
         connection_class=HiredisPackedConnection,
-        # after a Redis restart every pooled connection is dead once: try a fresh one before
-        # answering 503 (safe: a script that did run is found by its idempotency record)
-        retry_on_error=[RedisConnectionError],
+        client_name=GATEWAY_CLIENT_NAME,
+        # After a Redis restart every pooled connection is dead once: try a fresh one before
+        # answering 503 (safe: a script that did run is found by its idempotency record). Only
+        # then: redis-py's default retries timeouts too, three times with backoff, which held
+        # answers for seconds past REDIS_TIMEOUT_MS.
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
     )

@@ -13,6 +13,7 @@ PLAIN_SCRIPTS = (
     "redeem_user_token",
     "create_player",
     "adjust_balance",
+    "bring_back_record",
 )
 
 
@@ -36,6 +37,7 @@ class Scripts:
     redeem_user_token: AsyncScript
     create_player: AsyncScript
     adjust_balance: AsyncScript
+    bring_back_record: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> "Scripts":

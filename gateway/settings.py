@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gateway.seen_filter import FILTER_BITS_MAX
+
 DAY_SECONDS = 24 * 3600
 
 
@@ -31,6 +33,11 @@ class Settings:
     shards: int = _setting(16, "SHARDS", "hash-tag shards of the key space (fixed per deployment)")
     record_retention_seconds: int = _setting(
         7 * DAY_SECONDS, "RECORD_RETENTION_SECONDS", "how long idempotency records stay in Redis"
+    )
+    idempotency_filter_bits: int = _setting(
+        2**24,
+        "IDEMPOTENCY_FILTER_BITS",
+        "bits per shard of the filter of every tx id ever seen (10 per id: 1% lookups)",
     )
     session_idle_seconds: int = _setting(
         1800, "SESSION_IDLE_SECONDS", "a session expires after this long without a callback"
@@ -78,6 +85,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")
+        if not 64 <= self.idempotency_filter_bits <= FILTER_BITS_MAX:
+            raise ValueError(f"IDEMPOTENCY_FILTER_BITS must be between 64 and {FILTER_BITS_MAX}")
         if self.redis_appendfsync not in ("everysec", "always"):
             raise ValueError("REDIS_APPENDFSYNC must be everysec or always")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -5,16 +5,18 @@ into `WalletReply` values. It knows no HTTP.
 """
 
 import asyncio
+import contextlib
 import itertools
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,6 +24,7 @@ from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.scripts import Scripts
+from gateway.seen_filter import filter_offsets
 from gateway.settings import Settings
 
 REDIS_LOADING_WAIT_SECONDS_MAX = 600
@@ -30,10 +33,40 @@ OPERATOR_TX_ID_PREFIX_BYTES = 6
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
 # ConnectionError includes BusyLoadingError: Redis replaying its AOF after a restart
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Error replies that say "not now" (a script that gets one has written nothing: Redis refuses
+# it before its first write, or it is a read): read-only after a failover, loading, busy with
+# a long script, out of memory, refusing writes after a failed save, no replicas, cluster
+# trouble. The provider retries them like an unreachable Redis.
+REDIS_NOT_NOW_ERRORS = frozenset(
+    {"READONLY", "LOADING", "BUSY", "OOM", "MISCONF", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN",
+     "CLUSTERDOWN"}
+)  # fmt: skip
+# Redis 6.2 reports a failed redis.call as "... @user_script: 1: -OOM command not allowed ..."
+SCRIPT_COMMAND_ERROR = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
+LOOKUP_HISTORY = "LOOKUP_HISTORY"
 
 
 class WalletUnavailable(Exception):
     """Redis did not answer: the call may or may not have run; the provider retries (503)."""
+
+
+class History(Protocol):
+    """Brings back from the durable history what it holds of ids whose records expired
+    (persistence/records.py); raises WalletUnavailable when it cannot tell."""
+
+    async def bring_back(self, tx_ids: list[str]) -> None: ...
+
+
+def is_not_now(error: ResponseError) -> bool:
+    """An error reply the provider should retry (503), by its error code: the reply's first
+    word, or inside a script's error the code of the command that failed. redis-py strips the
+    code of the replies it maps to classes of their own."""
+    if isinstance(error, ReadOnlyError | OutOfMemoryError):
+        return True
+    message = str(error)
+    in_script = SCRIPT_COMMAND_ERROR.search(message)
+    code = in_script.group(1) if in_script else message.split(" ", 1)[0]
+    return code in REDIS_NOT_NOW_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +128,17 @@ class Wallet:
         self.settings = settings
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
-        self._script_calls = CoalescedScriptCalls(redis, observe_batch_seconds)
+        self._script_calls = CoalescedScriptCalls(
+            redis,
+            observe_batch_seconds,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_timeout_ms,
+        )
         self._operator_tx_ids = ProcessUniqueIds(OPERATOR_TX_ID_PREFIX_BYTES)
         self._retention_ms = settings.record_retention_seconds * 1000
+        self._deadline_seconds = settings.redis_timeout_ms / 1000
+        # None: no PostgreSQL, so an id whose record expired cannot be decided (503)
+        self.history: History | None = None
         self.session_idle_ms = settings.session_idle_seconds * 1000
         # a session record outlives its expiry by a day, so a late call is told 'expired'
         self.session_ttl_ms = self.session_idle_ms + SESSION_RECORD_GRACE_MS
@@ -121,27 +162,58 @@ class Wallet:
         tx_fields: tuple[str, ...],
         body: bytes,
         extra_args: tuple[str | int, ...],
+        bet_tx_id: str | None = None,
     ) -> WalletReply:
-        args = (*tx_fields, self._operator_tx_ids.next(), self._retention_ms, body, *extra_args)
-        reply = WalletReply.from_script(
-            await self.run_script(getattr(self.scripts, script_name), keys, args)
+        """One money script; when it asks (LOOKUP_HISTORY), the history's records of these ids
+        are brought back and it runs once more. All within one deadline."""
+        script = getattr(self.scripts, script_name)
+        filter_bits = self.settings.idempotency_filter_bits
+        tx_id = tx_fields[0]
+        head = (
+            *tx_fields,
+            self._operator_tx_ids.next(),
+            self._retention_ms,
+            body,
+            filter_offsets(tx_id, filter_bits),
+            filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else "",
         )
-        if self.settings.redis_wait_replicas and not reply.replayed:
-            await self._wait_for_replicas()
+        async with self._within_deadline():
+            reply = WalletReply.from_script(
+                await self._run(script, keys, (*head, "", *extra_args))
+            )
+            if reply.outcome == LOOKUP_HISTORY:
+                if self.history is None:
+                    raise WalletUnavailable("a record left Redis and there is no history")
+                await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
+                reply = WalletReply.from_script(
+                    await self._run(script, keys, (*head, "1", *extra_args))
+                )
+        assert reply.outcome != LOOKUP_HISTORY, "a script asked for the history twice"
         return reply
 
     async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+        async with self._within_deadline():
+            return await self._run(script, keys, args)
+
+    async def _run(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
             return await self._script_calls.call(script, keys, args)
         except REDIS_UNREACHABLE as exc:
             raise WalletUnavailable(str(exc)) from exc
+        except ResponseError as exc:
+            if is_not_now(exc):
+                raise WalletUnavailable(str(exc)) from exc
+            raise
 
-    async def _wait_for_replicas(self) -> None:
-        acknowledged = await self.redis.wait(
-            self.settings.redis_wait_replicas, self.settings.redis_timeout_ms
-        )
-        if acknowledged < self.settings.redis_wait_replicas:
-            raise WalletUnavailable("replicas did not acknowledge in time")
+    @contextlib.asynccontextmanager
+    async def _within_deadline(self) -> AsyncIterator[None]:
+        """An answer within REDIS_TIMEOUT_MS, whatever Redis does: past it, the caller stops
+        waiting (503); a call not yet sent is then never sent (coalesced_scripts.py)."""
+        try:
+            async with asyncio.timeout(self._deadline_seconds):
+                yield
+        except TimeoutError as exc:
+            raise WalletUnavailable("no answer within REDIS_TIMEOUT_MS") from exc
 
     def _common_keys(self, shard: int, provider_tx_id: str) -> list[str]:
         keys = self.keys
@@ -149,6 +221,7 @@ class Wallet:
             keys.tx(shard, provider_tx_id),
             keys.tx_owner(keys.shard(provider_tx_id), provider_tx_id),
             keys.events(shard),
+            keys.seen_filter(keys.shard(provider_tx_id)),
         ]
 
     @staticmethod
@@ -213,6 +286,7 @@ class Wallet:
                 keys.incidents(shard),
                 keys.tombstone(shard, bet_tx_id),
                 keys.early_win(shard, bet_tx_id),
+                keys.seen_filter(keys.shard(bet_tx_id)),
             ],
             self._tx_fields(
                 request,
@@ -223,6 +297,7 @@ class Wallet:
             ),
             body,
             (),
+            request.bet_tx_id,
         )
 
     async def close_round(self, request: CloseRoundRequest, body: bytes) -> WalletReply:
@@ -244,9 +319,11 @@ class Wallet:
     async def get_player(self, user_id: str) -> Player | None:
         shard = self.keys.shard(user_id)
         try:
-            fields = await self.redis.hmget(
-                self.keys.player(shard, user_id), ["username", "currency", "balance", "maxbet"]
-            )
+            async with self._within_deadline():
+                fields = await self.redis.hmget(
+                    self.keys.player(shard, user_id),
+                    ["username", "currency", "balance", "maxbet"],
+                )
         except REDIS_UNREACHABLE as exc:
             raise WalletUnavailable(str(exc)) from exc
         username, currency, balance, maxbet = fields
@@ -293,8 +370,9 @@ class Wallet:
                 self.keys.adjustment(shard, user_id, reference),
                 self.keys.player(shard, user_id),
                 self.keys.events(shard),
+                self.keys.incidents(shard),
             ],
-            (user_id, amount_millis, reference, now_ms(), self._retention_ms),
+            (user_id, amount_millis, reference, now_ms()),
         )
         return outcome, int(balance)
 

@@ -1,46 +1,70 @@
--- WIN / FREE_BET_WIN. KEYS[4] player, KEYS[5] record of the referenced bet (player's shard),
--- KEYS[6] owner of the referenced bet id, KEYS[7] incidents list, KEYS[8] tombstone of the bet,
--- KEYS[9] early-win marker of the bet.
+-- WIN / FREE_BET_WIN. KEYS[5] player, KEYS[6] record of the referenced bet (player's shard),
+-- KEYS[7] owner of the referenced bet id, KEYS[8] incidents list, KEYS[9] tombstone of the bet,
+-- KEYS[10] early-win marker of the bet, KEYS[11] seen-id filter of the bet id's shard.
 -- Settlement is never refused for an expired session: no session is checked.
+local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
+      bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+
 local seen = replay_or_conflict()
 if seen then return seen end
 
-local player = redis.call('HMGET', KEYS[4], 'currency', 'balance')
-if not player[1] then return {'UNKNOWN_USER', 0, '', '', 0} end
-local currency, balance = player[1], tonumber(player[2])
-
+local currency, balance = read_player(player_key)
+if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
 if currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
 end
-local extra = {}
+
+-- All checks first; `settles` says what the writes will do to the bet.
+local settles, extra = nil, {}
 if ref_id ~= '' then
-  local bet_owner = redis.call('GET', KEYS[6])
+  local bet_owner = redis.call('GET', bet_owner_key)
   if bet_owner and bet_owner ~= user_id then
-    return refuse_as_incident(KEYS[7], 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner,
+    return refuse_as_incident(incidents_key, 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner,
       balance, currency)
   end
   -- a rollback that overtook the bet voided it: the bet never charged, its win must not pay
-  local voided_by = redis.call('GET', KEYS[8])
+  local voided_by = redis.call('GET', tombstone_key)
   if voided_by then
-    return refuse_as_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', 'bet voided by rollback ' .. voided_by,
-      balance, currency)
+    return refuse_as_incident(incidents_key, 'WIN_AFTER_ROLLBACK',
+      'bet voided by rollback ' .. voided_by, balance, currency)
   end
-  local bet = redis.call('HMGET', KEYS[5], unpack(BET_FIELDS))
+  local bet = redis.call('HMGET', bet_key, unpack(BET_FIELDS))
   if not bet[3] then
+    local lookup = lookup_expired_bet(bet_filter_key, bet_owner)
+    if lookup then return lookup end
     -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
-    redis.call('SET', KEYS[9], tx_id, 'NX', 'PX', retention_ms)
-    redis.call('SET', KEYS[6], user_id, 'PX', retention_ms)  -- and names its player
-    extra = {'early_win', '1'}
+    local earlier_win = redis.call('GET', early_win_key)
+    if earlier_win then
+      return refuse_as_incident(incidents_key, 'DOUBLE_WIN', 'bet settled by win ' .. earlier_win,
+        balance, currency)
+    end
+    settles, extra = 'early', {'early_win', '1'}
   elseif bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
     return finish('NOT_A_BET', balance, currency, 0, {})
   elseif bet[4] ~= 'OK' then
     return finish('BET_REFUSED', balance, currency, 0, {})
   elseif bet[1] == 'rolledback' then
-    return refuse_as_incident(KEYS[7], 'WIN_AFTER_ROLLBACK', recorded_bet(bet), balance, currency)
-  elseif bet[1] == 'open' then
-    redis.call('HSET', KEYS[5], 'state', 'won')
+    return refuse_as_incident(incidents_key, 'WIN_AFTER_ROLLBACK', recorded_bet(bet), balance,
+      currency)
+  elseif bet[1] == 'won' then
+    -- one cash-out per bet: a second WIN under another provider_tx_id would pay twice
+    return refuse_as_incident(incidents_key, 'DOUBLE_WIN', recorded_bet(bet), balance, currency)
+  else
+    settles = 'open'
   end
 end
 local amount = tonumber(amount_text)
-local new_balance = redis.call('HINCRBY', KEYS[4], 'balance', amount)
+if over_balance_limit(balance, amount) then
+  return refuse_as_incident(incidents_key, 'BALANCE_LIMIT', 'balance ' .. int_text(balance),
+    balance, currency)
+end
+
+if settles == 'open' then
+  redis.call('HSET', bet_key, 'state', 'won')
+elseif settles == 'early' then
+  redis.call('SET', early_win_key, tx_id, 'PX', retention_ms)
+  redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)  -- and names its player
+  remember_seen(bet_filter_key, ref_offsets)  -- so the marker outlives its retention
+end
+local new_balance = redis.call('HINCRBY', player_key, 'balance', amount)
 return finish('OK', new_balance, currency, amount, extra)

@@ -1,13 +1,24 @@
 -- Shared by every money script (prepended at load time; Redis has no `require`).
 -- KEYS[1] idempotency record (only what replay, settlement and reconcile read: see finish()),
--- KEYS[2] tx-id owner, KEYS[3] the shard's event stream (every field of the call).
+-- KEYS[2] tx-id owner, KEYS[3] the shard's event stream (every field of the call),
+-- KEYS[4] the seen-id filter of the tx id's shard; KEYS[5..] belong to each script.
 -- ARGV: 1 provider_tx_id, 2 user_id, 3 action, 4 amount, 5 currency, 6 round_id, 7 game,
 --       8 referenced bet tx id, 9 fingerprint, 10 now_ms, 11 operator_tx_id, 12 retention_ms,
---       13 raw request body; ARGV[14..] belong to each script. Absent values are ''.
+--       13 raw request body, 14 the tx id's bit offsets in the seen-id filter (space-separated),
+--       15 the referenced bet's offsets ('' when none), 16 '1' once the gateway has brought
+--       back from the history whatever it holds of these ids; ARGV[17..] belong to each script.
+--       Absent values are ''.
 -- Reply: {outcome, new_balance, operator_tx_id, currency, replayed (0|1)}.
+--
+-- All or nothing: Redis keeps every write a script made before a command errors, so each
+-- script reads and checks everything first and then only writes what cannot fail (money is
+-- bounded by BALANCE_MILLIS_MAX, so HINCRBY cannot overflow).
 local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, fingerprint,
-      now_ms, operator_tx_id, retention_ms, request_body = unpack(ARGV, 1, 13)
+      now_ms, operator_tx_id, retention_ms, request_body, tx_offsets, ref_offsets,
+      history_checked = unpack(ARGV, 1, 16)
 local INCIDENTS_KEPT_MAX = 10000
+-- Balances stay exact everywhere: Lua numbers, JSON readers and PostgreSQL (PROTOCOL.md §6).
+local BALANCE_MILLIS_MAX = 9007199254740991
 -- Who a tx id belongs to: its player; a CLOSE_ROUND has none, so its round (records of two
 -- rounds may sit in different shards). \31 never occurs in an identifier: no player id clashes.
 -- (gateway/keys.py CLOSE_ROUND_OWNER_PREFIX says the same for restore.)
@@ -19,8 +30,37 @@ local function int_text(n)
   return string.format('%d', n)
 end
 
+-- BITFIELD arguments that read (op 'GET') or set (op 'SET') every bit of an id's offsets.
+local function filter_args(offsets, op)
+  local args = {}
+  for offset in string.gmatch(offsets, '%d+') do
+    args[#args + 1] = op
+    args[#args + 1] = 'u1'
+    args[#args + 1] = offset
+    if op == 'SET' then args[#args + 1] = 1 end
+  end
+  return args
+end
+
+-- Whether an id may have been seen before: false is certain (some bit is clear), true may be
+-- a false positive. The filter remembers every id for ever, after its record expired.
+local function maybe_seen(filter_key, offsets)
+  for _, bit in ipairs(redis.call('BITFIELD', filter_key, unpack(filter_args(offsets, 'GET')))) do
+    if bit == 0 then return false end
+  end
+  return true
+end
+
+local function remember_seen(filter_key, offsets)
+  redis.call('BITFIELD', filter_key, unpack(filter_args(offsets, 'SET')))
+end
+
+-- The gateway looks these ids up in the history, brings back what it holds, and calls again.
+local LOOKUP_HISTORY = {'LOOKUP_HISTORY', 0, '', '', 0}
+
 -- The three answers of an idempotent id: new (nil), exists with the same content (replay),
--- exists with different content (TX_CONFLICT).
+-- exists with different content (TX_CONFLICT); and, for an id whose record left the hot
+-- wallet, LOOKUP_HISTORY.
 local function replay_or_conflict()
   local rec = redis.call('HMGET', KEYS[1], 'fp', 'outcome', 'balance', 'op', 'currency')
   if rec[1] then
@@ -33,15 +73,30 @@ local function replay_or_conflict()
   if owner and owner ~= owner_id then
     return {'TX_CONFLICT', 0, '', '', 0}
   end
+  -- no owner: nothing of this id is left in the hot wallet (record, tombstone, marker)
+  if not owner and history_checked ~= '1' and maybe_seen(KEYS[4], tx_offsets) then
+    return LOOKUP_HISTORY
+  end
   return nil
 end
 
--- Store the outcome for replay, claim the tx id, and append the event the history writer
--- turns into a ledger row. The record keeps only what is read back: replays (fp, outcome,
--- balance, op, currency), settlement of a bet (action, stake, state) and reconcile (outcome,
--- fp); short values keep it in Redis' compact hash encoding. The event carries every field,
--- the raw request body included. `extra` adds fields to both (stake/state, incident...),
--- `event_extra` (optional) to the event only.
+-- A referenced bet of which the hot wallet holds nothing (no record, no owner): never seen
+-- (nil), or seen and gone (LOOKUP_HISTORY: it comes back from the history before the call is
+-- decided).
+local function lookup_expired_bet(ref_filter_key, bet_owner)
+  if not bet_owner and history_checked ~= '1' and maybe_seen(ref_filter_key, ref_offsets) then
+    return LOOKUP_HISTORY
+  end
+  return nil
+end
+
+-- Append the event the history writer turns into a ledger row, store the outcome for replay,
+-- claim the tx id and remember it in the seen-id filter. The event goes first: a record is
+-- never left without its event. The record keeps only what is read back: replays (fp,
+-- outcome, balance, op, currency), settlement of a bet (action, stake, state) and reconcile
+-- (outcome, fp); short values keep it in Redis' compact hash encoding. The event carries every
+-- field, the raw request body included. `extra` adds fields to both (stake/state,
+-- incident...), `event_extra` (optional) to the event only.
 local function finish(outcome, balance, currency, delta, extra, event_extra)
   local balance_text = int_text(balance)
   local record = {
@@ -59,10 +114,11 @@ local function finish(outcome, balance, currency, delta, extra, event_extra)
     event[#event + 1] = extra[i]
   end
   for i = 1, #(event_extra or {}) do event[#event + 1] = event_extra[i] end
+  redis.call('XADD', KEYS[3], '*', unpack(event))
   redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], retention_ms)
   redis.call('SET', KEYS[2], owner_id, 'PX', retention_ms)
-  redis.call('XADD', KEYS[3], '*', unpack(event))
+  remember_seen(KEYS[4], tx_offsets)
   return {outcome, balance, operator_tx_id, currency, 0}
 end
 
@@ -82,11 +138,31 @@ end
 -- payloads, stored as the call's outcome, and in the event with `recorded`, so the history
 -- holds what the wallet held when it refused.
 local function refuse_as_incident(incidents_key, kind, recorded, balance, currency)
-  redis.call('LPUSH', incidents_key, cjson.encode({
+  local incident = cjson.encode({
     kind = kind, provider_tx_id = tx_id, user_id = user_id, action = action,
     referenced_tx_id = ref_id, request = request_body, recorded = recorded,
     ts = tonumber(now_ms),
-  }))
+  })
+  local reply = finish(kind, balance, currency, 0, {'incident', kind}, {'recorded', recorded})
+  redis.call('LPUSH', incidents_key, incident)
   redis.call('LTRIM', incidents_key, 0, INCIDENTS_KEPT_MAX - 1)
-  return finish(kind, balance, currency, 0, {'incident', kind}, {'recorded', recorded})
+  return reply
+end
+
+-- A player's currency and balance, checked: a balance that is not an integer within the limit
+-- is an error before any write (never a half-applied call on a corrupt wallet).
+local function read_player(player_key)
+  local player = redis.call('HMGET', player_key, 'currency', 'balance', 'maxbet')
+  if not player[1] then return nil end
+  local balance = tonumber(player[2])
+  if not balance or balance < 0 or balance > BALANCE_MILLIS_MAX or balance % 1 ~= 0 then
+    error('corrupt wallet: balance of ' .. player_key .. ' is ' .. tostring(player[2]))
+  end
+  return player[1], balance, tonumber(player[3])
+end
+
+-- Whether crediting `amount` would take the balance past BALANCE_MILLIS_MAX. Both are exact
+-- doubles; a sum past 2^53 rounds to no less than 2^53, so the comparison stays right.
+local function over_balance_limit(balance, amount)
+  return balance + amount > BALANCE_MILLIS_MAX
 end

@@ -1,50 +1,55 @@
--- BET / FREE_BET. KEYS[4] player, KEYS[5] session, KEYS[6] player's live-session pointer,
--- KEYS[7] rollback tombstone of this tx id, KEYS[8] early-win marker of this tx id.
--- ARGV[14] session_token, ARGV[15] session idle limit ms, ARGV[16] default maxbet millis,
--- ARGV[17] session record ttl ms.
+-- BET / FREE_BET. KEYS[5] player, KEYS[6] session, KEYS[7] player's live-session pointer,
+-- KEYS[8] rollback tombstone of this tx id, KEYS[9] early-win marker of this tx id.
+-- ARGV[17] session_token, ARGV[18] session idle limit ms, ARGV[19] default maxbet millis,
+-- ARGV[20] session record ttl ms.
+local player_key, session_key, live_session_key, tombstone_key, early_win_key =
+  KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 17, 20)
+
 local seen = replay_or_conflict()
 if seen then return seen end
 
-local player = redis.call('HMGET', KEYS[4], 'currency', 'balance', 'maxbet')
-if not player[1] then return {'UNKNOWN_USER', 0, '', '', 0} end
-local currency, balance = player[1], tonumber(player[2])
-local maxbet = tonumber(player[3]) or tonumber(ARGV[16])
+local currency, balance, maxbet = read_player(player_key)
+if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
+maxbet = maxbet or tonumber(default_maxbet)
 local amount = tonumber(amount_text)
 local bet_fields = {'stake', amount_text, 'state', 'open'}
 
 if currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, bet_fields)
 end
-local session = redis.call('HMGET', KEYS[5], 'user', 'last_seen')
+local session = redis.call('HMGET', session_key, 'user', 'last_seen')
 if session[1] ~= user_id then
   return finish('SESSION_INVALID', balance, currency, 0, bet_fields)
 end
-if redis.call('GET', KEYS[6]) ~= ARGV[14] then
+if redis.call('GET', live_session_key) ~= session_token then
   return finish('SESSION_CLOSED', balance, currency, 0, bet_fields)
 end
-if tonumber(now_ms) - tonumber(session[2]) > tonumber(ARGV[15]) then
+if tonumber(now_ms) - tonumber(session[2]) > tonumber(session_idle_ms) then
   return finish('SESSION_EXPIRED', balance, currency, 0, bet_fields)
 end
-redis.call('HSET', KEYS[5], 'last_seen', now_ms)
-redis.call('PEXPIRE', KEYS[5], ARGV[17])
-if redis.call('EXISTS', KEYS[7]) == 1 then
-  return finish('BET_VOIDED', balance, currency, 0, bet_fields)
+
+-- The session is live: every outcome from here on keeps it alive. All checks first.
+local outcome, debit = 'OK', 0
+if redis.call('EXISTS', tombstone_key) == 1 then
+  outcome = 'BET_VOIDED'
+elseif action == 'BET' then
+  -- a FREE_BET is paid by the provider's free-bet gift: recorded, the balance does not move
+  if amount > maxbet then
+    outcome = 'OVER_MAXBET'
+  elseif balance < amount then
+    outcome = 'INSUFFICIENT_FUNDS'
+  else
+    debit = amount
+  end
 end
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if outcome ~= 'BET_VOIDED' and redis.call('EXISTS', early_win_key) == 1 then
   bet_fields[4] = 'won'  -- its win came first: a rollback of this bet would pay twice
 end
-if action == 'FREE_BET' then
-  -- paid by the provider's free-bet gift: recorded, the real balance does not move
-  return finish('OK', balance, currency, 0, bet_fields)
+
+redis.call('HSET', session_key, 'last_seen', now_ms)
+redis.call('PEXPIRE', session_key, session_ttl_ms)
+if debit > 0 then
+  balance = redis.call('HINCRBY', player_key, 'balance', -debit)
 end
-if amount > maxbet then
-  return finish('OVER_MAXBET', balance, currency, 0, bet_fields)
-end
-if balance < amount then
-  return finish('INSUFFICIENT_FUNDS', balance, currency, 0, bet_fields)
-end
-local new_balance = redis.call('HINCRBY', KEYS[4], 'balance', -amount)
-if new_balance < 0 then
-  return redis.error_reply('corrupt wallet: negative balance after a checked debit')
-end
-return finish('OK', new_balance, currency, -amount, bet_fields)
+return finish(outcome, balance, currency, -debit, bet_fields)

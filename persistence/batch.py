@@ -2,8 +2,11 @@
 
 Every field of an event is a string, as lua/*.lua writes it. Inserts are idempotent (unique
 provider_tx_id, user_id, reference, ...): a batch redelivered after a crash between commit and
-XACK stores nothing twice. An entry that cannot be decoded goes to `rejected_events`, loudly,
-instead of blocking the history or vanishing.
+XACK stores nothing twice; an entry whose provider_tx_id the history holds from another stream
+entry (the wallet applied one id twice) is no duplicate: it is quarantined beside a
+HISTORY_CONFLICT incident. An entry that cannot be decoded goes to `rejected_events`, loudly,
+instead of blocking the history or vanishing; one PostgreSQL refuses is quarantined there by the
+writer (persistence/writer.py).
 """
 
 import logging
@@ -68,11 +71,49 @@ CREATE TEMP TABLE IF NOT EXISTS tx_stage (
 """
 
 # Sorted by key so that two writers inserting overlapping batches (a reclaimed batch) lock the
-# unique index in the same order and cannot deadlock.
+# unique index in the same order and cannot deadlock; of two entries of one id, the first
+# written to its stream is kept.
 INSERT_STAGED_TRANSACTIONS = f"""
 INSERT INTO transactions ({_TX_COLUMN_LIST})
-SELECT {_TX_COLUMN_LIST} FROM tx_stage ORDER BY provider_tx_id
+SELECT {_TX_COLUMN_LIST} FROM tx_stage
+ORDER BY provider_tx_id, stream_position(stream_id)
 ON CONFLICT (provider_tx_id) DO NOTHING
+"""
+
+# Staged entries the insert skipped although they are not the row it holds (a redelivered
+# entry is: same stream id): the same provider_tx_id applied twice.
+STAGED_CONFLICTS = """
+SELECT s.stream_id, s.provider_tx_id, s.user_id, s.round_id, s.bet_tx_id, s.request,
+       s.created_at, t.request AS held_request,
+       jsonb_build_object(
+           'stream_id', s.stream_id, 'outcome', s.outcome, 'delta', s.delta,
+           'fingerprint', s.fingerprint, 'held_stream_id', t.stream_id,
+           'held_outcome', t.outcome, 'held_delta', t.delta,
+           'held_fingerprint', t.fingerprint) AS details
+FROM tx_stage s JOIN transactions t USING (provider_tx_id)
+WHERE t.stream_id <> s.stream_id
+ORDER BY s.provider_tx_id
+"""
+
+HISTORY_CONFLICT = "HISTORY_CONFLICT"
+EVENT_QUARANTINED = "EVENT_QUARANTINED"
+
+INSERT_CONFLICT_INCIDENT = f"""
+INSERT INTO incidents (kind, provider_tx_id, user_id, round_id, bet_tx_id, request, recorded,
+                       details, created_at)
+VALUES ('{HISTORY_CONFLICT}', $1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+ON CONFLICT (kind, provider_tx_id) DO NOTHING
+"""
+
+INSERT_QUARANTINED = """
+INSERT INTO rejected_events (stream, stream_id, raw, reason, provider_tx_id)
+VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, stream_id) DO NOTHING
+"""
+
+INSERT_QUARANTINE_INCIDENT = f"""
+INSERT INTO incidents (kind, provider_tx_id, details, created_at)
+VALUES ('{EVENT_QUARANTINED}', $1, $2::jsonb, now())
+ON CONFLICT (kind, provider_tx_id) DO NOTHING
 """
 
 INSERT_STAGED_INCIDENTS = """
@@ -114,6 +155,42 @@ VALUES ($1, $2, $3::jsonb, $4) ON CONFLICT (stream, stream_id) DO NOTHING
 
 class CorruptEvent(ValueError):
     """A stream entry that does not decode: names the field and why."""
+
+
+def raw_fields(fields: dict[str, str]) -> list[bytes]:
+    """An entry's fields as the bytes Redis held (the writer reads them with surrogateescape):
+    name, value, name, value, ..., storable whatever they contain."""
+    return [
+        text.encode("utf-8", "surrogateescape") for pair in fields.items() for text in pair
+    ]
+
+
+def storable_text(text: str | None) -> str | None:
+    """`text` if PostgreSQL can store it as text, else None."""
+    if text is None or "\x00" in text:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+async def quarantine(
+    connection: asyncpg.Connection, entry: "Entry", reason: str, incident: str | None
+) -> None:
+    """Keep an entry the history cannot hold, raw, with an incident (of `incident` kind, or
+    EVENT_QUARANTINED) unless the caller records its own."""
+    stream, entry_id, fields = entry
+    await connection.execute(
+        INSERT_QUARANTINED, stream, entry_id, raw_fields(fields), reason,
+        storable_text(fields.get("tx")),
+    )  # fmt: skip
+    if incident is None:
+        details = orjson.dumps({"stream": stream, "stream_id": entry_id, "reason": reason})
+        await connection.execute(
+            INSERT_QUARANTINE_INCIDENT, f"{stream}/{entry_id}", details.decode()
+        )
 
 
 def ms_to_datetime(milliseconds: int) -> datetime:
@@ -203,6 +280,8 @@ class HistoryBatch:
     closes: list[RoundClose] = field(default_factory=list)
     rejected: list[tuple[str, str, str, str]] = field(default_factory=list)
     incidents: int = 0
+    tx_entries: dict[str, Entry] = field(default_factory=dict)  # by stream id, for conflicts
+    conflicts: int = 0  # entries of an id the history holds from another entry
 
     @classmethod
     def decode(cls, entries: list[Entry]) -> "HistoryBatch":
@@ -210,6 +289,8 @@ class HistoryBatch:
         for stream, entry_id, fields in entries:
             try:
                 batch._add(entry_id, fields)
+                if fields.get("kind") == "tx":
+                    batch.tx_entries[entry_id] = (stream, entry_id, fields)
             except CorruptEvent as exc:
                 log.error("rejected stream entry %s %s: %s", stream, entry_id, exc)
                 batch.rejected.append((stream, entry_id, orjson.dumps(fields).decode(), str(exc)))
@@ -328,10 +409,30 @@ class HistoryBatch:
             await connection.copy_records_to_table(
                 "tx_stage", records=self.transactions, columns=STAGE_COLUMNS
             )
-            await connection.execute(INSERT_STAGED_TRANSACTIONS)
+            status = await connection.execute(INSERT_STAGED_TRANSACTIONS)
+            if int(status.rsplit(" ", 1)[1]) < len(self.transactions):
+                await self._keep_conflicts(connection)
             if self.incidents:
                 await connection.execute(INSERT_STAGED_INCIDENTS)
         if self.closes:
             await record_round_closes(connection, self.closes)
         if self.rejected:
             await connection.executemany(INSERT_REJECTED, self.rejected)
+
+    async def _keep_conflicts(self, connection: asyncpg.Connection) -> None:
+        """Entries the insert skipped that are no redelivery: quarantined, each an incident."""
+        for row in await connection.fetch(STAGED_CONFLICTS):
+            entry = self.tx_entries[row["stream_id"]]
+            log.error(
+                "provider_tx_id %r is in the history from stream entry %s; entry %s %s of it "
+                "quarantined (%s)",
+                row["provider_tx_id"], row["details"], entry[0], entry[1], HISTORY_CONFLICT,
+            )  # fmt: skip
+            reason = "provider_tx_id already in the history from another stream entry"
+            await quarantine(connection, entry, reason, HISTORY_CONFLICT)
+            await connection.execute(
+                INSERT_CONFLICT_INCIDENT, row["provider_tx_id"], row["user_id"],
+                row["round_id"], row["bet_tx_id"], row["request"], row["held_request"],
+                row["details"], row["created_at"],
+            )  # fmt: skip
+            self.conflicts += 1

@@ -74,9 +74,18 @@ ORDER BY t.created_at
 """
 
 
+# What the history could not hold (PROTOCOL.md §5: never dropped silently): entries PostgreSQL
+# refused, entries of an id applied twice (HISTORY_CONFLICT), entries that did not decode.
+QUARANTINED = """
+SELECT stream, stream_id, provider_tx_id, reason FROM rejected_events ORDER BY id
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
-    kind: str  # balance | player_missing_in_history | player_missing_in_redis | record_... | lag
+    # balance | player_missing_in_history | player_missing_in_redis | record_... | quarantined
+    # | lag
+    kind: str
     subject: str  # the player or the provider_tx_id
     detail: str
 
@@ -232,6 +241,15 @@ async def _compare(
                 differences.append(
                     Difference("record_differs", tx, f"{name}: Redis {ours!r}, history {theirs!r}")
                 )
+    for row in await connection.fetch(QUARANTINED):
+        differences.append(
+            Difference(
+                "quarantined",
+                f"{row['stream']} {row['stream_id']}",
+                f"tx {row['provider_tx_id'] or '-'}: {row['reason']} (kept raw in "
+                "rejected_events; see its incident)",
+            )
+        )
     retention_ms = settings.record_retention_seconds * 1000
     margin_ms = RECORD_EXPIRY_MARGIN_SECONDS * 1000
     expected_since = ms_to_datetime(now_ms() - retention_ms + margin_ms)

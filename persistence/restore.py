@@ -10,31 +10,40 @@ names from gateway/keys.py):
   an unknown bet left and the marker a WIN that overtook its bet left (and the owner of that
   bet id), the round-closed marker of a CLOSE_ROUND;
   each expiring when the original would have (retention counted from the call's `ts`);
-- adjustment records younger than the retention;
+- every adjustment record (they never expire);
+- the seen-id filter: every tx id the history holds, so that a retry older than the retention
+  is looked up in the history, never applied again (gateway/seen_filter.py);
 - the incident lists the admin API shows.
 Not rebuilt: sessions and one-time launch tokens (players launch the game again).
 
 So a provider's retry of an old transaction gets its original response back, byte for byte.
-Nothing is read from the streams: run it with the writer stopped or caught up, into an empty
-Redis (it refuses a non-empty one unless forced).
+Nothing is read from the streams. So it refuses, forced or not, a live wallet: gateways or
+writers connected, or stream entries not yet written to PostgreSQL. Forced into one, it would
+rewrite balances from a history that lags while the records of the calls not yet written stay:
+a retry of such a debit would be answered 200 although the debit was undone. Stop the
+gateways, let the writer drain the streams, stop it; then restore into an empty Redis (into a
+non-empty one only when forced).
 """
 
 import time
-from collections.abc import Mapping
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
+from gateway.keys import KeySpace
 from gateway.outcomes import INCIDENT_OUTCOMES
-from gateway.schemas import BET_ACTIONS, CLOSE_ROUND_ACTION
+from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME
+from gateway.schemas import CLOSE_ROUND_ACTION
+from gateway.seen_filter import filter_offsets
 from gateway.settings import Settings
 from gateway.wallet import now_ms as wallet_now_ms
 from persistence.batch import datetime_to_ms, ms_to_datetime
+from persistence.records import TRANSACTION_RECORDS, idempotency_record, record_key_and_owner
+from persistence.streams import WriterLag, read_progress
 
 RESTORE_PIPELINE_COMMANDS_MAX = 1000  # commands per pipeline round trip
 RESTORE_FETCH_ROWS = 2000  # rows per cursor fetch
@@ -51,39 +60,17 @@ LEFT JOIN (SELECT user_id, sum(delta) AS total FROM transactions WHERE outcome =
            GROUP BY user_id) t USING (user_id)
 """
 
-# A bet's state as the scripts leave it: 'rolledback' once a ROLL_BACK applied to it (not a
-# tombstone one: that bet did not exist yet); else 'won' if it was stored so (its WIN came
-# first) or once a later WIN applied naming it; else as stored. The WIN and ROLL_BACK come
-# from the same player's shard stream as the bet, so stream order is call order.
-TRANSACTIONS = """
-SELECT t.provider_tx_id, t.user_id, t.action, t.amount, t.balance_after, t.currency,
-       t.round_id, t.bet_tx_id, t.outcome, t.operator_tx_id, t.fingerprint,
-       t.incident, t.tombstone, t.early_win, t.created_at,
-       CASE WHEN t.action IN ('BET', 'FREE_BET') THEN
-           CASE WHEN EXISTS (
-                    SELECT 1 FROM transactions r
-                    WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id
-                      AND r.action = 'ROLL_BACK' AND r.outcome = 'OK' AND NOT r.tombstone)
-                THEN 'rolledback'
-                WHEN t.state = 'won' OR EXISTS (
-                    SELECT 1 FROM transactions w
-                    WHERE w.bet_tx_id = t.provider_tx_id AND w.user_id = t.user_id
-                      AND w.action IN ('WIN', 'FREE_BET_WIN') AND w.outcome = 'OK'
-                      AND stream_position(w.stream_id) > stream_position(t.stream_id))
-                THEN 'won'
-                ELSE coalesce(t.state, 'open') END
-       END AS bet_state,
-       rounds.stakes, rounds.coefficients
-FROM transactions t
-LEFT JOIN rounds ON t.action = 'CLOSE_ROUND' AND rounds.close_tx_id = t.provider_tx_id
-WHERE t.created_at > $1
-ORDER BY t.created_at, t.id
+TRANSACTIONS = TRANSACTION_RECORDS + "WHERE t.created_at > $1 ORDER BY t.created_at, t.id"
+
+# Every id the history holds, and the bets a tombstone or an early win names before they came:
+# the seen-id filter the scripts consult once a record has expired.
+SEEN_IDS = """
+SELECT provider_tx_id AS tx_id FROM transactions
+UNION ALL
+SELECT bet_tx_id FROM transactions WHERE outcome = 'OK' AND (tombstone OR early_win)
 """
 
-ADJUSTMENTS = """
-SELECT reference, user_id, amount, balance_after, created_at FROM adjustments
-WHERE created_at > $1
-"""
+ADJUSTMENTS = "SELECT reference, user_id, amount, balance_after FROM adjustments"
 
 INCIDENTS = """
 SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.recorded, i.created_at,
@@ -96,7 +83,7 @@ ORDER BY i.created_at, i.id
 
 
 class RestoreRefused(RuntimeError):
-    """Redis is not empty and the restore was not forced."""
+    """The wallet is live, or Redis is not empty and the restore was not forced."""
 
 
 @dataclass(slots=True)
@@ -137,40 +124,13 @@ class _BoundedPipeline:
             await self.pipe.execute()
 
 
-def _text(value: int | str | None) -> str:
-    return "" if value is None else str(value)
-
-
-def idempotency_record(row: Mapping[str, Any]) -> dict[str, str]:
-    """The record hash as lua/money_common.lua finish() writes it, plus its extras."""
-    record = {
-        "fp": row["fingerprint"],
-        "outcome": row["outcome"],
-        "balance": str(row["balance_after"]),
-        "op": row["operator_tx_id"],
-        "currency": _text(row["currency"]),
-        "action": row["action"],
-    }
-    if row["action"] in BET_ACTIONS:
-        record["stake"] = _text(row["amount"])
-        record["state"] = row["bet_state"]
-    if row["incident"]:
-        record["incident"] = row["incident"]
-    if row["tombstone"]:
-        record["tombstone"] = "1"
-    if row["early_win"]:
-        record["early_win"] = "1"
-    if row["action"] == CLOSE_ROUND_ACTION and row["stakes"] is not None:
-        record["stakes"] = orjson.dumps(list(row["stakes"])).decode()
-        record["coefficients"] = orjson.dumps([str(c) for c in row["coefficients"]]).decode()
-    return record
-
-
 async def restore(
     redis: Redis, database_url: str, settings: Settings, force: bool
 ) -> RestoreReport:
-    """Rebuild the hot wallet from PostgreSQL. Raises RestoreRefused when Redis holds any key
-    and not `force` (forced, the keys it writes are replaced, others are left alone)."""
+    """Rebuild the hot wallet from PostgreSQL. Raises RestoreRefused when the wallet is live
+    (see refuse_live_wallet), or when Redis holds any key and not `force` (forced, the keys it
+    writes are replaced, others are left alone)."""
+    await refuse_live_wallet(redis, settings)
     keys_in_redis = await redis.dbsize()
     if keys_in_redis and not force:
         raise RestoreRefused(
@@ -192,15 +152,34 @@ async def restore(
                 "SELECT count(*) FROM transactions WHERE created_at <= $1", kept_since
             )
             await _restore_records(connection, pipe, keys, force, now_ms, retention_ms, report)
-            await _restore_adjustments(
-                connection, pipe, keys, force, now_ms, retention_ms, kept_since, report
-            )
+            await _restore_adjustments(connection, pipe, keys, force, report)
+            await _restore_seen_filter(connection, pipe, keys, settings.idempotency_filter_bits)
             await _restore_incidents(connection, pipe, keys, force, report)
         await pipe.flush()
     finally:
         await connection.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+async def refuse_live_wallet(redis: Redis, settings: Settings) -> None:
+    """RestoreRefused, naming them, when gateways or writers are connected to this Redis or
+    the streams hold entries the writer has not written to PostgreSQL yet."""
+    live_names = (GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME)
+    live = [client for client in await redis.client_list() if client["name"] in live_names]
+    if live:
+        connections = Counter(client["name"] for client in live)
+        hosts = sorted({client["addr"].rpartition(":")[0] for client in live})
+        raise RestoreRefused(
+            f"the wallet is live: {', '.join(f'{n} {name}' for name, n in connections.items())} "
+            f"connection(s) from {', '.join(hosts)}; stop the gateways and writers first"
+        )
+    lag = WriterLag.of(await read_progress(redis, KeySpace(settings.shards).all_streams()))
+    if lag.streams_behind:
+        raise RestoreRefused(
+            f"the streams hold entries not yet written to PostgreSQL ({lag.render()}); "
+            "run the writer until it has caught up, then stop it"
+        )
 
 
 async def _restore_players(
@@ -243,11 +222,8 @@ async def _restore_records(
         if remaining_ms <= 0:
             continue
         record = idempotency_record(row)
-        tx_id, user_id, round_id = row["provider_tx_id"], _text(row["user_id"]), row["round_id"]
-        # A CLOSE_ROUND has no player: its record lives in the shard of its round, which owns
-        # its tx id.
-        record_key = keys.tx(keys.shard(user_id or round_id), tx_id)
-        owner_id = user_id or CLOSE_ROUND_OWNER_PREFIX + round_id
+        tx_id, user_id, round_id = row["provider_tx_id"], row["user_id"] or "", row["round_id"]
+        record_key, owner_id = record_key_and_owner(keys, row)
         if force:
             pipe.pipe.delete(record_key)
         pipe.pipe.hset(record_key, mapping=record)
@@ -276,15 +252,10 @@ async def _restore_adjustments(
     pipe: _BoundedPipeline,
     keys: KeySpace,
     force: bool,
-    now_ms: int,
-    retention_ms: int,
-    kept_since: Any,
     report: RestoreReport,
 ) -> None:
-    async for row in connection.cursor(ADJUSTMENTS, kept_since, prefetch=RESTORE_FETCH_ROWS):
-        remaining_ms = datetime_to_ms(row["created_at"]) + retention_ms - now_ms
-        if remaining_ms <= 0:
-            continue
+    """Every adjustment record: they never expire (lua/adjust_balance.lua)."""
+    async for row in connection.cursor(ADJUSTMENTS, prefetch=RESTORE_FETCH_ROWS):
         key = keys.adjustment(keys.shard(row["user_id"]), row["user_id"], row["reference"])
         if force:
             pipe.pipe.delete(key)
@@ -296,8 +267,23 @@ async def _restore_adjustments(
                 "balance": str(row["balance_after"]),
             },
         )
-        pipe.pipe.pexpire(key, remaining_ms)
         report.adjustments += 1
+        await pipe.flush_if_full()
+
+
+async def _restore_seen_filter(
+    connection: asyncpg.Connection, pipe: _BoundedPipeline, keys: KeySpace, filter_bits: int
+) -> None:
+    """Every id ever seen, back in the seen-id filter, so that a retry of a call older than the
+    retention is looked up in the history, never applied again (gateway/seen_filter.py)."""
+    async for row in connection.cursor(SEEN_IDS, prefetch=RESTORE_FETCH_ROWS):
+        tx_id = row["tx_id"]
+        offsets = filter_offsets(tx_id, filter_bits).split()
+        pipe.pipe.execute_command(
+            "BITFIELD",
+            keys.seen_filter(keys.shard(tx_id)),
+            *(arg for offset in offsets for arg in ("SET", "u1", offset, 1)),
+        )
         await pipe.flush_if_full()
 
 

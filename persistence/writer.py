@@ -41,7 +41,13 @@ from gateway.keys import KeySpace
 from gateway.logs import configure_logging
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.wallet import REDIS_UNREACHABLE
-from persistence.batch import STAGING_DDL, Entry, HistoryBatch
+from persistence.batch import (
+    EVENT_QUARANTINED,
+    STAGING_DDL,
+    Entry,
+    HistoryBatch,
+    quarantine,
+)
 from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
 from persistence.streams import (
     GROUP,
@@ -96,6 +102,13 @@ PG_UNREACHABLE: tuple[type[BaseException], ...] = (
     # a pooled connection that received the server's FATAL "terminating connection" but is
     # not marked closed yet: in use, it fails so; a fresh connection works
     asyncpg.InternalClientError,
+)
+# What PostgreSQL refuses in an entry itself (a NUL byte, a number out of range, a broken
+# constraint): that entry is quarantined and the writer goes on. Anything else (a missing
+# table...) is not the entry's fault: it stops the writer, whose supervisor restarts it.
+PG_REFUSED_ENTRY: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
 )
 
 
@@ -154,6 +167,9 @@ def connect_writer_redis(redis_url: str, block_ms: int) -> Redis:
         decode_responses=True,
         socket_timeout=block_ms / 1000 + REDIS_REPLY_MARGIN_SECONDS,
         socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
+        client_name="wallet-writer",  # gateway.redis_connection.WRITER_CLIENT_NAME
+        # bytes that are not UTF-8 survive as lone surrogates: quarantined raw, not a crash
+        encoding_errors="surrogateescape",
     )
 
 
@@ -293,13 +309,39 @@ class HistoryWriter:
                 if stop is not None and stop.is_set():
                     return False
 
+    async def _store(self, entries: list[Entry]) -> list[HistoryBatch]:
+        """Commit the entries in one transaction -> the batches committed. Should PostgreSQL
+        refuse an entry, the batch is halved until that entry stands alone; it is quarantined
+        and every other entry is written."""
+        batch = HistoryBatch.decode(entries)
+        try:
+            await self._commit(batch)
+            return [batch]
+        except PG_REFUSED_ENTRY as exc:
+            if len(entries) == 1:
+                await self._quarantine(entries[0], exc)
+                return []
+            log.warning("PostgreSQL refused an entry of a batch (%r): isolating it", exc)
+        middle = len(entries) // 2
+        return [*await self._store(entries[:middle]), *await self._store(entries[middle:])]
+
+    async def _quarantine(self, entry: Entry, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}".replace("\x00", "\\0")
+        async with self._connection() as connection, connection.transaction():
+            await quarantine(connection, entry, reason, None)
+        log.error("quarantined stream entry %s %s (%s): %s", entry[0], entry[1],
+                  EVENT_QUARANTINED, reason)  # fmt: skip
+        self.metrics.events_quarantined.labels("refused").inc()
+
     async def _write(self, entries: list[Entry], stop: asyncio.Event | None) -> bool:
         """Commit, then acknowledge. False when stopped first (the entries stay pending)."""
         started = time.monotonic()
-        batch = HistoryBatch.decode(entries)
-        if not await self._retrying(
-            "write a batch to PostgreSQL", lambda: self._commit(batch), PG_UNREACHABLE, stop
-        ):
+        batches: list[HistoryBatch] = []
+
+        async def store() -> None:
+            batches[:] = await self._store(entries)
+
+        if not await self._retrying("write a batch to PostgreSQL", store, PG_UNREACHABLE, stop):
             return False
         if self.limits.ack_delay_seconds:
             await asyncio.sleep(self.limits.ack_delay_seconds)
@@ -310,7 +352,9 @@ class HistoryWriter:
         self.events_written += len(entries)
         self.batches_written += 1
         self.metrics.events_written.inc(len(entries))
-        self.metrics.events_rejected.inc(len(batch.rejected))
+        for batch in batches:
+            self.metrics.events_rejected.inc(len(batch.rejected))
+            self.metrics.events_quarantined.labels("conflict").inc(batch.conflicts)
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.monotonic() - started)
         return True

@@ -68,6 +68,14 @@ class WriterMetrics:
             "Entries that did not decode, kept in rejected_events",
             registry=registry,
         )
+        self.events_quarantined = Counter(
+            "wallet_writer_events_quarantined",
+            "Entries kept raw in rejected_events with an incident, by why: PostgreSQL refused "
+            "them (refused), or the history holds their provider_tx_id from another entry "
+            "(conflict)",
+            ["why"],
+            registry=registry,
+        )
         self.commit_failures = Counter(
             "wallet_writer_commit_failures",
             "Batch commits that failed and were retried (PostgreSQL unreachable...)",

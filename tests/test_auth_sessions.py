@@ -10,6 +10,7 @@ from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, win
 
 from gateway.app import Services, create_admin_app, create_gateway_app
+from gateway.outcomes import OUTCOMES
 
 USER = "player-1"
 BALANCE = 10_000
@@ -104,27 +105,36 @@ async def test_maxbet_is_the_players_own_limit(provider: Provider, admin: Admin)
     assert body["data"]["maxbet"] == 5_000
 
 
-async def test_auth_balance_is_exact_above_two_to_the_53(provider: Provider, admin: Admin) -> None:
-    """Money never passes through a float, not even a Lua number."""
+async def test_auth_balance_is_exact_up_to_the_balance_limit(
+    provider: Provider, admin: Admin
+) -> None:
+    """Money never passes through a float, not even a Lua number: the largest balance,
+    2^53 - 1 (odd: a double of it would be rounded by any +1 on the way), comes back exact;
+    one milli more is refused (PROTOCOL.md §6 BALANCE_LIMIT)."""
+    limit = 2**53 - 1
     await admin.create_player("whale", balance=10**15)
-    for n in range(9):
+    for n in range(8):
         status, body = await admin.call(
             "POST", "/admin/players/whale/adjustments", {"amount": 10**15, "reference": f"r{n}"}
         )
         assert status == 200, body
     status, body = await admin.call(
-        "POST", "/admin/players/whale/adjustments", {"amount": 1, "reference": "odd"}
+        "POST",
+        "/admin/players/whale/adjustments",
+        {"amount": limit - 9 * 10**15, "reference": "to-the-limit"},
     )
     assert status == 200, body
-    expected = 10**16 + 1
-    assert expected > 2**53
-    assert body["data"]["balance"] == expected
+    assert body["data"]["balance"] == limit
+    status, body = await admin.call(
+        "POST", "/admin/players/whale/adjustments", {"amount": 1, "reference": "past-it"}
+    )
+    assert status == 409 and body["message"] == OUTCOMES["BALANCE_LIMIT"][1], body
     session_token = await admin.open_session("whale")
     status, body = await provider.post("/auth", {"session_token": session_token})
     assert status == 200, body
-    assert body["data"]["balance"] == expected
+    assert body["data"]["balance"] == limit
     status, body = await provider.post("/balance", {"user_id": "whale"})
-    assert body["data"]["amount"] == expected
+    assert body["data"]["amount"] == limit
 
 
 # --- unknown sessions and one-time user tokens ---------------------------------------------

@@ -2,23 +2,28 @@
 the hot wallet from PostgreSQL so that old retries get their original answers back."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 from payloads import bet, close_round, rollback, win
+from redis.asyncio import Redis
 
 from gateway.app import Services
 from gateway.keys import KeySpace
 from gateway.settings import Settings
 from persistence.reconcile import reconcile
 from persistence.restore import RestoreRefused, restore
+from persistence.writer import HistoryWriter
 
 pytest_plugins = ("history_fixtures",)
 
 Drain = Callable[[], Awaitable[None]]
 TTL_TOLERANCE_MS = 60_000
+CLI_SECONDS_MAX = 60.0
 # What restore rebuilds; sessions, launch tokens and streams it does not.
 RESTORED_KEY_KINDS = (
     "player",
@@ -46,10 +51,36 @@ class Recorder:
         return response
 
 
+@pytest.fixture
+async def services(history_settings: Settings) -> AsyncIterator[Services]:
+    """The gateway's services with the history: a record past its retention comes back."""
+    services = Services.create(history_settings)
+    await services.redis.flushall()
+    await services.start()
+    yield services
+    await services.close()
+
+
+@pytest.fixture
+async def operator_redis(settings: Settings) -> AsyncIterator[Redis]:
+    """The operator's client, as `wallet-gateway restore` opens it: no gateway's client name."""
+    async with Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+        yield redis
+
+
+async def stop_gateway(services: Services) -> None:
+    """Its connections closed, as a stopped gateway's (the pool reconnects when used again)."""
+    await services.redis.connection_pool.disconnect()
+
+
 async def snapshot_keys(services: Services) -> dict[str, tuple[Any, int]]:
     """Every key restore rebuilds -> (value, TTL ms)."""
     redis, keys = services.redis, KeySpace(services.settings.shards)
     found: dict[str, tuple[Any, int]] = {}
+    async with Redis.from_url(services.settings.redis_url) as binary:  # a bitmap is no text
+        for shard in range(keys.shards):
+            filter_key = keys.seen_filter(shard)
+            found[filter_key] = (await binary.get(filter_key), await redis.pttl(filter_key))
     for shard in range(keys.shards):
         for kind in RESTORED_KEY_KINDS:
             wildcards = ("*", "*") if kind == "adjustment" else ("*",)  # (player, reference)
@@ -101,9 +132,11 @@ async def test_restore_after_flushall_answers_old_retries_with_the_same_bytes(
     provider: Any,
     admin: Any,
     services: Services,
+    writer: HistoryWriter,
     drain: Drain,
     history_settings: Settings,
     database_url: str,
+    operator_redis: Redis,
 ) -> None:
     recorder = Recorder(provider)
     await play_every_kind_of_call(recorder, admin)
@@ -111,9 +144,11 @@ async def test_restore_after_flushall_answers_old_retries_with_the_same_bytes(
     keys_before = await snapshot_keys(services)
     incidents_before = (await admin.call("GET", "/admin/incidents"))[1]["data"]["incidents"]
     await drain()
+    await writer.close()
+    await stop_gateway(services)
 
-    await services.redis.flushall()
-    report = await restore(services.redis, database_url, history_settings, force=False)
+    await operator_redis.flushall()
+    report = await restore(operator_redis, database_url, history_settings, force=False)
 
     assert (report.players, report.tombstones, report.early_wins, report.rounds_closed) == (
         2,
@@ -149,10 +184,67 @@ async def test_restore_after_flushall_answers_old_retries_with_the_same_bytes(
     status, body = await provider.post("/deposit", rollback("alice", "r8", "b4"))
     assert (status, body["data"]["new_balance"]) == (200, balances["alice"] + 4_000)
 
-    with pytest.raises(RestoreRefused):
-        await restore(services.redis, database_url, history_settings, force=False)
     agreement = await reconcile(services.redis, database_url, history_settings)
     assert agreement.agrees, agreement.render()
+
+    # Past the retention the records leave Redis; the rebuilt seen-id filter sends each retry
+    # to the history, which answers it as before: nothing is applied a second time.
+    keys = KeySpace(services.settings.shards)
+    for pattern in (keys.tx("*", "*"), keys.tx_owner("*", "*")):
+        async for key in services.redis.scan_iter(match=pattern):
+            await services.redis.delete(key)
+    balances = {user: await admin.balance(user) for user in balances}
+    for path, body, status, response in recorder.calls:
+        assert await provider.post_raw(path, body) == (status, response), body
+    assert {user: await admin.balance(user) for user in balances} == balances
+
+
+async def test_restore_refuses_a_live_wallet_even_forced_and_says_what_is_live(
+    services: Services,
+    traffic: Any,
+    writer: HistoryWriter,
+    drain: Drain,
+    history_settings: Settings,
+    database_url: str,
+    operator_redis: Redis,
+) -> None:
+    players = await traffic.players(3, "player", balance=10_000)
+    await traffic.bets(players, 2, "bet")
+
+    # the gateway's client is connected (it made the calls above)
+    with pytest.raises(RestoreRefused, match=r"live: \d+ wallet-gateway connection\(s\) from "):
+        await restore(operator_redis, database_url, history_settings, force=True)
+    cli = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway.cli", "restore", "--force"),
+        env=dict(os.environ, REDIS_URL=history_settings.redis_url, DATABASE_URL=database_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(cli.communicate(), CLI_SECONDS_MAX)
+    assert (cli.returncode, stdout) == (1, b"")
+    [line] = stderr.decode().splitlines()
+    assert line.startswith("wallet-gateway: restore refused: the wallet is live: "), line
+    assert "wallet-gateway connection" in line
+
+    # the gateway stopped, but nothing it wrote is in PostgreSQL yet
+    await stop_gateway(services)
+    streams = KeySpace(history_settings.shards).all_streams()
+    unwritten = sum([await operator_redis.xlen(stream) for stream in streams])
+    assert unwritten >= 3 + 3 * 2  # players and bets at least
+    with pytest.raises(RestoreRefused, match=rf"<= {unwritten} unacknowledged in \d+ stream"):
+        await restore(operator_redis, database_url, history_settings, force=True)
+
+    # written, but the writer still connected
+    await drain()
+    with pytest.raises(RestoreRefused, match=r"live: \d+ wallet-writer connection"):
+        await restore(operator_redis, database_url, history_settings, force=True)
+
+    # stopped and drained: refused only because Redis is not empty, unless forced
+    await writer.close()
+    with pytest.raises(RestoreRefused, match=r"Redis holds \d+ keys"):
+        await restore(operator_redis, database_url, history_settings, force=False)
+    report = await restore(operator_redis, database_url, history_settings, force=True)
+    assert (report.players, report.balance_total) == (3, 3 * (10_000 - 2 * 10))
 
 
 async def test_reconcile_agrees_then_names_the_player_whose_balance_moved_behind_its_back(

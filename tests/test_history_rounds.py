@@ -13,6 +13,7 @@ from payloads import bet, close_round, rollback, win
 
 from gateway.app import Services
 from gateway.keys import KeySpace
+from persistence.batch import STAGING_DDL, HistoryBatch
 from persistence.rounds import provider_totals
 from persistence.streams import GROUP
 from persistence.support_api import SupportApi
@@ -66,6 +67,14 @@ async def test_a_matching_close_records_a_match_and_a_redelivery_changes_nothing
         "/deposit", close_round("round-1", [1_000, 2_000], ["2.35", "0"])
     )
     assert status == 200
+    keys = KeySpace(services.settings.shards)
+    stream = keys.events(keys.shard("round-1"))
+    close_entries = [
+        (stream, entry_id, fields)
+        for entry_id, fields in await services.redis.xrange(stream)
+        if fields.get("action") == "CLOSE_ROUND"
+    ]
+    assert len(close_entries) == 1
     await drain()
 
     row = await database.fetchrow("SELECT * FROM rounds WHERE round_id = 'round-1'")
@@ -75,36 +84,14 @@ async def test_a_matching_close_records_a_match_and_a_redelivery_changes_nothing
     assert row["coefficients"] == [Decimal("2.35"), Decimal("0")]
 
     # delivered again: by the provider (a replay, no new event), and by the stream (a writer
-    # that crashed before its XACK)
+    # that crashed before its XACK commits the same entry again)
     status, _ = await provider.post(
         "/deposit", close_round("round-1", [1_000, 2_000], ["2.35", "0"])
     )
     assert status == 200
-    close_event = await database.fetchrow("SELECT * FROM transactions WHERE action = 'CLOSE_ROUND'")
-    keys = KeySpace(services.settings.shards)
-    await services.redis.xadd(
-        keys.events(keys.shard("round-1")),
-        {
-            "kind": "tx",
-            "tx": close_event["provider_tx_id"],
-            "fp": close_event["fingerprint"],
-            "outcome": "OK",
-            "balance": "0",
-            "op": close_event["operator_tx_id"],
-            "currency": "",
-            "user": "",
-            "action": "CLOSE_ROUND",
-            "amount": "0",
-            "delta": "0",
-            "round": "round-1",
-            "game": "aviadrone",
-            "ref": "",
-            "ts": "1",
-            "req": close_event["request"],
-            "stakes": "[1]",
-            "coefficients": '["9"]',
-        },
-    )
+    async with database.transaction():
+        await database.execute(STAGING_DDL)
+        await HistoryBatch.decode(close_entries).store(database)
     await drain()
     assert await database.fetchrow("SELECT * FROM rounds WHERE round_id = 'round-1'") == row
     assert await database.fetchval("SELECT count(*) FROM incidents") == 0

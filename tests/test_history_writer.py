@@ -19,8 +19,9 @@ from gateway.app import Services
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gateway.keys import KeySpace
 from gateway.settings import Settings
+from persistence.batch import STAGING_DDL, HistoryBatch
 from persistence.reconcile import reconcile
-from persistence.schema import migrate
+from persistence.schema import migrate, migration_files
 from persistence.streams import GROUP, ensure_groups, read_lag
 from persistence.writer import HistoryWriter, WriterLimits, run_history_writer
 
@@ -101,7 +102,8 @@ async def test_migrate_applies_each_migration_once(database_url: str) -> None:
         names = [r["name"] for r in await connection.fetch("SELECT name FROM schema_migrations")]
     finally:
         await connection.close()
-    assert names == ["001_initial.sql"]
+    assert names == [name for name, _ in migration_files()]
+    assert names[:2] == ["001_initial.sql", "002_quarantine.sql"]
 
 
 async def test_every_event_kind_is_written_once_even_when_delivered_twice(
@@ -125,9 +127,10 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
     entries = await all_entries(services)
 
     await drain()
-    for stream, _, fields in entries:  # a crash between COMMIT and XACK delivers them again
-        await services.redis.xadd(stream, fields)
-    await drain()
+    # a crash between COMMIT and XACK: the same entries (same stream ids) are committed again
+    async with database.transaction():
+        await database.execute(STAGING_DDL)
+        await HistoryBatch.decode(entries).store(database)
 
     rows = {r["provider_tx_id"]: r for r in await database.fetch("SELECT * FROM transactions")}
     assert set(rows) == {"b1", "b2", "w1", "r1", "r2"}
@@ -157,6 +160,7 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
     )
     assert await database.fetchval("SELECT count(*) FROM sessions") == 1
     assert await database.fetchval("SELECT count(*) FROM rejected_events") == 0
+    assert await database.fetchval("SELECT count(*) FROM incidents") == 1
     incident = await database.fetchrow("SELECT * FROM incidents")
     assert (incident["kind"], incident["provider_tx_id"]) == ("ROLLBACK_OF_WON_BET", "r1")
     assert orjson.loads(incident["recorded"])["provider_tx_id"] == "b1"
@@ -164,6 +168,36 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
     status, body = await admin.call("GET", "/admin/incidents")
     assert status == 200, body
     assert [listed["recorded"] for listed in body["data"]["incidents"]] == [incident["recorded"]]
+
+
+async def test_an_id_applied_twice_is_a_history_conflict_kept_raw_never_dropped(
+    provider: Any, admin: Any, services: Services, drain: Drain, database: asyncpg.Connection
+) -> None:
+    """The same provider_tx_id in two stream entries means the wallet applied it twice: the
+    history keeps the first, quarantines the other raw and opens an incident (PROTOCOL.md §5),
+    where `ON CONFLICT DO NOTHING` alone dropped it silently."""
+    await admin.create_player("alice", balance=10_000)
+    session = await admin.open_session("alice")
+    assert (await provider.post("/withdraw", bet("alice", session, "tx-1", 1_000)))[0] == 200
+    entries = [entry for entry in await all_entries(services) if entry[2]["kind"] == "tx"]
+    await drain()
+    stream, first_id, fields = entries[0]
+    second_id = await services.redis.xadd(stream, {**fields, "op": "another-operator-tx-id"})
+    await drain()
+
+    assert await database.fetchval("SELECT stream_id FROM transactions") == first_id
+    kept = await database.fetchrow("SELECT * FROM rejected_events")
+    assert (kept["stream"], kept["stream_id"], kept["provider_tx_id"]) == (
+        stream, second_id, "tx-1",
+    )  # fmt: skip
+    raw = dict(zip(kept["raw"][::2], kept["raw"][1::2], strict=True))
+    assert raw[b"op"] == b"another-operator-tx-id" and raw[b"req"] == fields["req"].encode()
+    incident = await database.fetchrow("SELECT * FROM incidents")
+    assert (incident["kind"], incident["provider_tx_id"], incident["user_id"]) == (
+        "HISTORY_CONFLICT", "tx-1", "alice",
+    )  # fmt: skip
+    details = orjson.loads(incident["details"])
+    assert (details["stream_id"], details["held_stream_id"]) == (second_id, first_id)
 
 
 async def test_writer_killed_mid_batch_then_a_new_one_writes_every_event_exactly_once(

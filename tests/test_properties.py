@@ -117,6 +117,8 @@ class Model:
             return 409  # win after rollback
         if bet_slot.bettor == user and not bet_slot.applied:
             return 409  # the bet was refused: nothing to settle
+        if bet_slot.state == "won" if bet_slot.bettor == user else bet_slot.early_winner:
+            return 409  # settled by another WIN already: one cash-out per bet (DOUBLE_WIN)
         return 200
 
     def predict_rollback(self, user: str, bet_slot: BetSlot, amount: int | None) -> int:

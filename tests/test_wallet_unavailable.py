@@ -5,6 +5,9 @@ These tests use their own Redis servers; the shared one is never stopped or paus
 """
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from conftest import Admin, Provider
 from payloads import bet, close_round, rollback, win
 from redis.asyncio import Redis
 
+from gateway import coalesced_scripts
 from gateway.app import Services, create_admin_app, create_gateway_app
 from gateway.embedded import EmbeddedRedis, free_port
 from gateway.settings import Settings
@@ -180,3 +184,178 @@ async def tx_event_count(services: Services, user_id: str, tx: str) -> int:
     keys = services.wallet.keys
     entries = await services.redis.xrange(keys.events(keys.shard(user_id)))
     return sum(1 for _, fields in entries if fields.get("tx") == tx)
+
+
+# --- a deadline, whatever Redis does (PROTOCOL.md §3) ------------------------------------------
+
+DEADLINE_MARGIN_SECONDS = 0.05  # the protocol's "REDIS_TIMEOUT_MS plus a few milliseconds"
+CONCURRENT_BETS = 120
+PENDING_CALLS_MAX_SMALL = 16
+
+
+async def timed_post(provider: Provider, path: str, body: bytes) -> tuple[int, float]:
+    started = time.perf_counter()
+    status, _ = await provider.post_raw(path, body)
+    return status, time.perf_counter() - started
+
+
+async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retries_apply_once(
+    own_redis: EmbeddedRedis, own_gateway: AppClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLIENT PAUSE during 120 concurrent bets: each answers 503 within REDIS_TIMEOUT_MS (+50
+    ms), calls past the pending bound answer at once, nothing queues without bound; once Redis
+    is back, the provider's retries apply every bet exactly once."""
+    monkeypatch.setattr(coalesced_scripts, "PENDING_CALLS_MAX", PENDING_CALLS_MAX_SMALL)
+    provider, admin, services = own_gateway
+    await admin.create_player("alice", 1_000_000)
+    session = await admin.open_session("alice")
+    bodies = [
+        orjson.dumps(bet("alice", session, f"b{n}", 1_000)) for n in range(CONCURRENT_BETS)
+    ]
+    pauser = Redis.from_url(own_redis.url)
+    await pauser.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_MS * 2, "ALL")
+    answers = await asyncio.gather(*(timed_post(provider, "/withdraw", b) for b in bodies))
+    script_calls = services.wallet._script_calls
+    assert len(script_calls._pending) <= PENDING_CALLS_MAX_SMALL
+
+    assert {status for status, _ in answers} == {503}
+    # as the gateway timed each answer (the test client queues requests past 100 connections)
+    registry = services.metrics.registry
+    answered = registry.get_sample_value("wallet_request_seconds_count", {"endpoint": "withdraw"})
+    within = registry.get_sample_value(
+        "wallet_request_seconds_bucket",
+        {"endpoint": "withdraw", "le": str(REDIS_TIMEOUT_MS_SHORT / 1000 + DEADLINE_MARGIN_SECONDS)},
+    )
+    assert answered == within == CONCURRENT_BETS
+    # past the bound, a call is refused at once instead of waiting its whole deadline
+    assert min(seconds for _, seconds in answers) < REDIS_TIMEOUT_MS_SHORT / 1000 / 2
+
+    await pauser.execute_command("CLIENT", "UNPAUSE")
+    await pauser.aclose()
+    for body in bodies:
+        assert (await retry_until_answered(provider, "/withdraw", body))[0] == 200
+    assert await admin.balance("alice") == 1_000_000 - CONCURRENT_BETS * 1_000
+    keys = services.wallet.keys
+    entries = await services.redis.xrange(keys.events(keys.shard("alice")))
+    tx_ids = [fields["tx"] for _, fields in entries if fields.get("kind") == "tx"]
+    assert sorted(tx_ids) == sorted(f"b{n}" for n in range(CONCURRENT_BETS))
+
+
+@pytest.mark.parametrize("callback", ["bet", "balance", "auth"])
+async def test_a_redis_slower_than_the_deadline_answers_503_in_time(
+    own_redis: EmbeddedRedis, own_gateway: AppClients, callback: str
+) -> None:
+    """DEBUG SLEEP blocks Redis itself: scripts, plain reads and the session index alike."""
+    provider, admin, _ = own_gateway
+    await admin.create_player("alice", 10_000)
+    session = await admin.open_session("alice")
+    path, payload = {
+        "bet": ("/withdraw", bet("alice", session, "b1", 1_000)),
+        "balance": ("/balance", {"user_id": "alice"}),
+        "auth": ("/auth", {"session_token": session}),
+    }[callback]
+    sleeper = Redis.from_url(own_redis.url)
+    sleeping = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", 1))
+    await asyncio.sleep(0.05)
+    status, seconds = await timed_post(provider, path, orjson.dumps(payload))
+    assert status == 503
+    assert seconds <= REDIS_TIMEOUT_MS_SHORT / 1000 + DEADLINE_MARGIN_SECONDS, seconds
+    await sleeping
+    await sleeper.aclose()
+
+
+# --- Redis says "not now": READONLY, OOM -> 503, nothing half-applied ---------------------------
+
+
+async def test_out_of_memory_redis_answers_503_and_the_retry_applies_once(
+    own_redis: EmbeddedRedis, own_gateway: AppClients
+) -> None:
+    provider, admin, services = own_gateway
+    await admin.create_player("alice", 10_000)
+    session = await admin.open_session("alice")
+    body = orjson.dumps(bet("alice", session, "b1", 1_000))
+    configurer = Redis.from_url(own_redis.url)
+    await configurer.config_set("maxmemory", 1)
+    status, raw = await provider.post_raw("/withdraw", body)
+    assert (status, orjson.loads(raw)) == (503, WALLET_UNAVAILABLE)
+    await configurer.config_set("maxmemory", 0)
+    await configurer.aclose()
+    await assert_retries_debit_once(provider, admin, services, body)
+
+
+@pytest.fixture
+def replica(own_redis: EmbeddedRedis, tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A read-only replica of own_redis, from the same binary."""
+    server = EmbeddedRedis(tmp_path / "replica", replica_of=own_redis)
+    server.start()
+    yield server
+    os.kill(server.pid, signal.SIGCONT)  # should a test stop with it paused
+    server.stop()
+
+
+async def wait_until_replicating(replica: EmbeddedRedis) -> None:
+    client = Redis.from_url(replica.url)
+    for _ in range(100):
+        if (await client.info("replication")).get("master_link_status") == "up":
+            await client.aclose()
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the replica did not connect to its primary")
+
+
+async def test_a_read_only_redis_answers_503_and_moves_nothing(
+    own_redis: EmbeddedRedis,
+    replica: EmbeddedRedis,
+    own_gateway: AppClients,
+    settings: Settings,
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    """A gateway still pointed at a replica (a failover it has not followed): READONLY."""
+    _, admin, _ = own_gateway
+    await admin.create_player("alice", 10_000)
+    session = await admin.open_session("alice")
+    await wait_until_replicating(replica)
+    stale, _, stale_services = await gateway_on(
+        settings.replace(redis_url=replica.url, redis_timeout_ms=REDIS_TIMEOUT_MS_SHORT),
+        aiohttp_client,
+    )
+    status, body = await stale.post("/withdraw", bet("alice", session, "b1", 1_000))
+    assert (status, body) == (503, WALLET_UNAVAILABLE)
+    assert await admin.balance("alice") == 10_000
+    await stale_services.close()
+
+
+async def test_wait_for_a_replica_covers_replays_too_and_a_paused_replica_is_never_a_200(
+    own_redis: EmbeddedRedis,
+    replica: EmbeddedRedis,
+    settings: Settings,
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    """REDIS_WAIT_REPLICAS=1: a WAIT on the connection that ran the scripts ends every batch,
+    so no answer, new or replayed, is a 200 before a replica holds it."""
+    provider, admin, services = await gateway_on(
+        settings.replace(
+            redis_url=own_redis.url,
+            redis_timeout_ms=REDIS_TIMEOUT_MS_SHORT,
+            redis_wait_replicas=1,
+        ),
+        aiohttp_client,
+    )
+    await wait_until_replicating(replica)
+    await admin.create_player("alice", 10_000)
+    session = await admin.open_session("alice")
+    first = orjson.dumps(bet("alice", session, "b1", 1_000))
+    answered = await provider.post_raw("/withdraw", first)
+    assert answered[0] == 200
+
+    os.kill(replica.pid, signal.SIGSTOP)
+    second = orjson.dumps(bet("alice", session, "b2", 1_000))
+    assert (await provider.post_raw("/withdraw", second))[0] == 503
+    assert (await provider.post_raw("/withdraw", first))[0] == 503  # a replay waits too
+    os.kill(replica.pid, signal.SIGCONT)
+
+    assert await retry_until_answered(provider, "/withdraw", first) == answered
+    assert (await retry_until_answered(provider, "/withdraw", second))[0] == 200
+    assert await admin.balance("alice") == 8_000
+    assert await tx_event_count(services, "alice", "b2") == 1
+    await services.close()
