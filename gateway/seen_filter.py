@@ -9,20 +9,27 @@ what it holds of the id (persistence/records.py) and calls again, and the retry 
 within retention.
 
 FILTER_HASHES bits per id at Kirsch-Mitzenmacher offsets h1 + i*h2 of one blake2b digest. With
-m bits per shard and n ids in it, false positives run at (1 - e^(-7n/m))^7: 1% at m/n = 9.6,
-0.01% at m/n = 19. A false positive costs one PostgreSQL lookup, never a wrong answer, so a
-filter that fills up gets slower, not wrong.
+m bits per shard and n ids in it, false positives run at (1 - e^(-4n/m))^4: 1.2% at m/n = 10,
+0.1% at m/n = 20 (seven bits would give 0.8% at 10, for nearly twice the Redis work per call:
+one BITFIELD of four bits costs a script about 8 us, `python -m loadtests.seen_filter_cost`). A
+false positive costs one PostgreSQL lookup, never a wrong answer, so a filter that fills up
+gets slower, not wrong.
 """
 
 import hashlib
 
-FILTER_HASHES = 7
+FILTER_HASHES = 4  # lua/money_common.lua reads exactly four offsets
 FILTER_BITS_MAX = 2**32  # a Redis string holds at most 512 MB
 
 
-def filter_offsets(tx_id: str, filter_bits: int) -> str:
-    """The id's bit offsets, space-separated, as lua/money_common.lua reads them."""
+def filter_offsets(tx_id: str, filter_bits: int) -> tuple[int, int, int, int]:
+    """The id's FILTER_HASHES bit offsets, as the script arguments lua/money_common.lua reads."""
     digest = hashlib.blake2b(tx_id.encode(), digest_size=16).digest()
     first = int.from_bytes(digest[:8], "little")
     step = int.from_bytes(digest[8:], "little") | 1  # odd: the offsets never collapse to one
-    return " ".join(str((first + i * step) % filter_bits) for i in range(FILTER_HASHES))
+    return (
+        first % filter_bits,
+        (first + step) % filter_bits,
+        (first + 2 * step) % filter_bits,
+        (first + 3 * step) % filter_bits,
+    )

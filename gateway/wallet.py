@@ -24,7 +24,7 @@ from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.scripts import Scripts
-from gateway.seen_filter import filter_offsets
+from gateway.seen_filter import FILTER_HASHES, filter_offsets
 from gateway.settings import Settings
 
 REDIS_LOADING_WAIT_SECONDS_MAX = 600
@@ -44,6 +44,7 @@ REDIS_NOT_NOW_ERRORS = frozenset(
 # Redis 6.2 reports a failed redis.call as "... @user_script: 1: -OOM command not allowed ..."
 SCRIPT_COMMAND_ERROR = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
 LOOKUP_HISTORY = "LOOKUP_HISTORY"
+NO_OFFSETS = ("",) * FILTER_HASHES  # no referenced bet
 
 
 class WalletUnavailable(Exception):
@@ -174,8 +175,8 @@ class Wallet:
             self._operator_tx_ids.next(),
             self._retention_ms,
             body,
-            filter_offsets(tx_id, filter_bits),
-            filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else "",
+            *filter_offsets(tx_id, filter_bits),
+            *(filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else NO_OFFSETS),
         )
         async with self._within_deadline():
             reply = WalletReply.from_script(

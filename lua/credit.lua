@@ -10,6 +10,8 @@ if seen then return seen end
 
 local currency, balance = read_player(player_key)
 if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
+local looked_up = remember_or_look_up()
+if looked_up then return looked_up end
 if currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
 end
@@ -64,7 +66,7 @@ if settles == 'open' then
 elseif settles == 'early' then
   redis.call('SET', early_win_key, tx_id, 'PX', retention_ms)
   redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)  -- and names its player
-  remember_seen(bet_filter_key, ref_offsets)  -- so the marker outlives its retention
+  remember_bet(bet_filter_key)  -- so the marker outlives its retention
 end
 local new_balance = redis.call('HINCRBY', player_key, 'balance', amount)
 return finish('OK', new_balance, currency, amount, extra)

@@ -4,9 +4,9 @@
 -- KEYS[4] the seen-id filter of the tx id's shard; KEYS[5..] belong to each script.
 -- ARGV: 1 provider_tx_id, 2 user_id, 3 action, 4 amount, 5 currency, 6 round_id, 7 game,
 --       8 referenced bet tx id, 9 fingerprint, 10 now_ms, 11 operator_tx_id, 12 retention_ms,
---       13 raw request body, 14 the tx id's bit offsets in the seen-id filter (space-separated),
---       15 the referenced bet's offsets ('' when none), 16 '1' once the gateway has brought
---       back from the history whatever it holds of these ids; ARGV[17..] belong to each script.
+--       13 raw request body, 14..17 the tx id's bit offsets in the seen-id filter, 18..21 the
+--       referenced bet's ('' when none), 22 '1' once the gateway has brought back from the
+--       history whatever it holds of these ids; ARGV[23..] belong to each script.
 --       Absent values are ''.
 -- Reply: {outcome, new_balance, operator_tx_id, currency, replayed (0|1)}.
 --
@@ -14,8 +14,8 @@
 -- script reads and checks everything first and then only writes what cannot fail (money is
 -- bounded by BALANCE_MILLIS_MAX, so HINCRBY cannot overflow).
 local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, fingerprint,
-      now_ms, operator_tx_id, retention_ms, request_body, tx_offsets, ref_offsets,
-      history_checked = unpack(ARGV, 1, 16)
+      now_ms, operator_tx_id, retention_ms, request_body = unpack(ARGV, 1, 13)
+local TX_OFFSETS, REF_OFFSETS, history_checked = 14, 18, ARGV[22]
 local INCIDENTS_KEPT_MAX = 10000
 -- Balances stay exact everywhere: Lua numbers, JSON readers and PostgreSQL (PROTOCOL.md §6).
 local BALANCE_MILLIS_MAX = 9007199254740991
@@ -24,43 +24,37 @@ local BALANCE_MILLIS_MAX = 9007199254740991
 -- (gateway/keys.py CLOSE_ROUND_OWNER_PREFIX says the same for restore.)
 local owner_id = user_id
 if user_id == '' then owner_id = '\31round\31' .. round_id end
+local tx_owned = false  -- the id's owner key is in the hot wallet (set by replay_or_conflict)
 
 -- Lua numbers print as 1e+15; money is always written as an integer's digits.
 local function int_text(n)
   return string.format('%d', n)
 end
 
--- BITFIELD arguments that read (op 'GET') or set (op 'SET') every bit of an id's offsets.
-local function filter_args(offsets, op)
-  local args = {}
-  for offset in string.gmatch(offsets, '%d+') do
-    args[#args + 1] = op
-    args[#args + 1] = 'u1'
-    args[#args + 1] = offset
-    if op == 'SET' then args[#args + 1] = 1 end
-  end
-  return args
+-- The seen-id filter (gateway/seen_filter.py, FILTER_HASHES = 4): an id's bits are
+-- ARGV[first..first+3]. One BITFIELD each way, literal: no Lua loop or table on the hot path.
+local function filter_get(filter_key, first)
+  return redis.call('BITFIELD', filter_key, 'GET', 'u1', ARGV[first], 'GET', 'u1', ARGV[first + 1],
+    'GET', 'u1', ARGV[first + 2], 'GET', 'u1', ARGV[first + 3])
 end
 
--- Whether an id may have been seen before: false is certain (some bit is clear), true may be
--- a false positive. The filter remembers every id for ever, after its record expired.
-local function maybe_seen(filter_key, offsets)
-  for _, bit in ipairs(redis.call('BITFIELD', filter_key, unpack(filter_args(offsets, 'GET')))) do
-    if bit == 0 then return false end
-  end
-  return true
+-- Sets the id's bits; returns them as they were.
+local function filter_set(filter_key, first)
+  return redis.call('BITFIELD', filter_key, 'SET', 'u1', ARGV[first], 1,
+    'SET', 'u1', ARGV[first + 1], 1, 'SET', 'u1', ARGV[first + 2], 1,
+    'SET', 'u1', ARGV[first + 3], 1)
 end
 
-local function remember_seen(filter_key, offsets)
-  redis.call('BITFIELD', filter_key, unpack(filter_args(offsets, 'SET')))
+-- All of an id's bits set: seen before, or a false positive. One clear bit: certainly new.
+local function all_set(bits)
+  return bits[1] == 1 and bits[2] == 1 and bits[3] == 1 and bits[4] == 1
 end
 
 -- The gateway looks these ids up in the history, brings back what it holds, and calls again.
 local LOOKUP_HISTORY = {'LOOKUP_HISTORY', 0, '', '', 0}
 
 -- The three answers of an idempotent id: new (nil), exists with the same content (replay),
--- exists with different content (TX_CONFLICT); and, for an id whose record left the hot
--- wallet, LOOKUP_HISTORY.
+-- exists with different content (TX_CONFLICT).
 local function replay_or_conflict()
   local rec = redis.call('HMGET', KEYS[1], 'fp', 'outcome', 'balance', 'op', 'currency')
   if rec[1] then
@@ -73,10 +67,17 @@ local function replay_or_conflict()
   if owner and owner ~= owner_id then
     return {'TX_CONFLICT', 0, '', '', 0}
   end
-  -- no owner: nothing of this id is left in the hot wallet (record, tombstone, marker)
-  if not owner and history_checked ~= '1' and maybe_seen(KEYS[4], tx_offsets) then
-    return LOOKUP_HISTORY
-  end
+  tx_owned = owner ~= false
+  return nil
+end
+
+-- An id of which the hot wallet holds nothing (no record, no owner: its retention passed, or
+-- it is new) is remembered in the seen-id filter for ever, and was it there already, the
+-- history decides (LOOKUP_HISTORY). Called after the checks that can fail: it writes.
+local function remember_or_look_up()
+  if tx_owned then return nil end
+  local before = filter_set(KEYS[4], TX_OFFSETS)
+  if history_checked ~= '1' and all_set(before) then return LOOKUP_HISTORY end
   return nil
 end
 
@@ -84,10 +85,16 @@ end
 -- (nil), or seen and gone (LOOKUP_HISTORY: it comes back from the history before the call is
 -- decided).
 local function lookup_expired_bet(ref_filter_key, bet_owner)
-  if not bet_owner and history_checked ~= '1' and maybe_seen(ref_filter_key, ref_offsets) then
+  if not bet_owner and history_checked ~= '1' and all_set(filter_get(ref_filter_key, REF_OFFSETS))
+  then
     return LOOKUP_HISTORY
   end
   return nil
+end
+
+-- A tombstone or an early-win marker outlives its retention through its bet id in the filter.
+local function remember_bet(ref_filter_key)
+  filter_set(ref_filter_key, REF_OFFSETS)
 end
 
 -- Append the event the history writer turns into a ledger row, store the outcome for replay,
@@ -118,7 +125,6 @@ local function finish(outcome, balance, currency, delta, extra, event_extra)
   redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], retention_ms)
   redis.call('SET', KEYS[2], owner_id, 'PX', retention_ms)
-  remember_seen(KEYS[4], tx_offsets)
   return {outcome, balance, operator_tx_id, currency, 0}
 end
 

@@ -9,6 +9,8 @@ if seen then return seen end
 
 local currency, balance = read_player(player_key)
 if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
+local looked_up = remember_or_look_up()
+if looked_up then return looked_up end
 
 if currency_in ~= '' and currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
@@ -36,7 +38,7 @@ if not bet[1] or bet[4] ~= 'OK' then
   -- refund; the tombstone makes a late bet with this id a 409
   redis.call('SET', tombstone_key, tx_id, 'PX', retention_ms)
   redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)
-  remember_seen(bet_filter_key, ref_offsets)  -- so the tombstone outlives its retention
+  remember_bet(bet_filter_key)  -- so the tombstone outlives its retention
   return finish('OK', balance, currency, 0, {'tombstone', '1'})
 end
 if bet[1] == 'rolledback' then

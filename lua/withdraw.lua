@@ -1,16 +1,18 @@
 -- BET / FREE_BET. KEYS[5] player, KEYS[6] session, KEYS[7] player's live-session pointer,
 -- KEYS[8] rollback tombstone of this tx id, KEYS[9] early-win marker of this tx id.
--- ARGV[17] session_token, ARGV[18] session idle limit ms, ARGV[19] default maxbet millis,
--- ARGV[20] session record ttl ms.
+-- ARGV[23] session_token, ARGV[24] session idle limit ms, ARGV[25] default maxbet millis,
+-- ARGV[26] session record ttl ms.
 local player_key, session_key, live_session_key, tombstone_key, early_win_key =
   KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 17, 20)
+local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 23, 26)
 
 local seen = replay_or_conflict()
 if seen then return seen end
 
 local currency, balance, maxbet = read_player(player_key)
 if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
+local looked_up = remember_or_look_up()
+if looked_up then return looked_up end
 maxbet = maxbet or tonumber(default_maxbet)
 local amount = tonumber(amount_text)
 local bet_fields = {'stake', amount_text, 'state', 'open'}
