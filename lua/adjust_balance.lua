@@ -16,7 +16,9 @@ end
 local balance_text = redis.call('HGET', KEYS[2], 'balance')
 if not balance_text then return {'UNKNOWN_USER', '0'} end
 local balance, amount = tonumber(balance_text), tonumber(amount_text)
-if not balance or balance < 0 or balance > BALANCE_MILLIS_MAX or balance % 1 ~= 0 then
+-- only plain digits, as HINCRBY reads them: tonumber also takes '1e4', '0x10', ' 7'
+if not balance or balance < 0 or balance > BALANCE_MILLIS_MAX
+    or string.format('%d', balance) ~= balance_text then
   error('corrupt wallet: balance of ' .. KEYS[2] .. ' is ' .. balance_text)
 end
 

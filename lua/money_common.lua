@@ -161,7 +161,9 @@ local function read_player(player_key)
   local player = redis.call('HMGET', player_key, 'currency', 'balance', 'maxbet')
   if not player[1] then return nil end
   local balance = tonumber(player[2])
-  if not balance or balance < 0 or balance > BALANCE_MILLIS_MAX or balance % 1 ~= 0 then
+  -- only plain digits, as HINCRBY reads them: tonumber also takes '1e4', '0x10', ' 7'
+  if not balance or balance < 0 or balance > BALANCE_MILLIS_MAX
+      or int_text(balance) ~= player[2] then
     error('corrupt wallet: balance of ' .. player_key .. ' is ' .. tostring(player[2]))
   end
   return player[1], balance, tonumber(player[3])

@@ -46,9 +46,11 @@ def settings(redis_server: EmbeddedRedis) -> Settings:
 
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[Services]:
+    """As the gateway starts them: with a DATABASE_URL in `settings` (a module's override), the
+    wallet brings expired records back from the history."""
     services = Services.create(settings)
     await services.redis.flushall()
-    await services.wallet.start()
+    await services.start()
     yield services
     await services.close()
 

@@ -3,6 +3,8 @@ like payloads.py)."""
 
 from typing import Any
 
+from redis.asyncio import Redis
+
 from gateway.keys import shard_of
 
 
@@ -55,3 +57,16 @@ async def incident_metric(admin: Any, kind: str) -> float:
 def base_url(server: Any) -> str:
     """The root URL of an aiohttp test server, without the trailing slash."""
     return str(server.make_url("")).rstrip("/")
+
+
+async def redis_dump(redis_url: str) -> dict[bytes, tuple[Any, ...]]:
+    """Every key of the Redis -> (type, DUMP of its value, whether it expires, a stream's
+    entries). Two equal dumps: nothing was written between them. TTL values are left out (they
+    tick); DUMP covers a stream's consumer groups, XRANGE shows its entries readably."""
+    dump: dict[bytes, tuple[Any, ...]] = {}
+    async with Redis.from_url(redis_url) as redis:  # bytes: DUMP is not text
+        for key in await redis.keys("*"):
+            kind = await redis.type(key)
+            entries = await redis.xrange(key) if kind == b"stream" else None
+            dump[key] = (kind, await redis.dump(key), await redis.pttl(key) >= 0, entries)
+    return dump

@@ -52,13 +52,9 @@ class Recorder:
 
 
 @pytest.fixture
-async def services(history_settings: Settings) -> AsyncIterator[Services]:
-    """The gateway's services with the history: a record past its retention comes back."""
-    services = Services.create(history_settings)
-    await services.redis.flushall()
-    await services.start()
-    yield services
-    await services.close()
+def settings(settings: Settings, database_url: str) -> Settings:
+    """The gateway with its history: a record past its retention comes back from it."""
+    return settings.replace(database_url=database_url)
 
 
 @pytest.fixture
