@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.callbacks import respond
+from gateway.callbacks import report_internal_error, respond
 from gateway.launch import LaunchClient, LaunchRequest, ProviderUnavailable
+from gateway.metrics import Metrics
 from gateway.operations import PUBLIC_PATHS
 from gateway.outcomes import OK
 from gateway.schemas import (
@@ -17,31 +18,60 @@ from gateway.schemas import (
     decode_object,
     identifier,
     optional_money_millis,
+    refuse_unstorable,
 )
 from gateway.sessions import Sessions, new_token
 from gateway.wallet import REDIS_UNREACHABLE, Wallet, WalletUnavailable
 
 INCIDENTS_LISTED_MAX = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-def bearer_token_middleware(admin_token: str) -> Any:
-    expected = f"Bearer {admin_token}".encode()
+def envelope_middleware(metrics: Metrics) -> Middleware:
+    """Outermost: whatever the token check or a handler raises, the answer is the envelope
+    (PROTOCOL.md §3)."""
 
     @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
-        public = request.path in PUBLIC_PATHS
-        if not public and (not admin_token or not hmac.compare_digest(given, expected)):
-            return respond("UNAUTHORIZED")
+    async def answer_in_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except InvalidRequest as exc:
             return respond("BAD_REQUEST", message=str(exc))
         except (WalletUnavailable, *REDIS_UNREACHABLE):
             return respond("WALLET_UNAVAILABLE")
+        except web.HTTPRequestEntityTooLarge:  # request.read() past client_max_size
+            return respond("BODY_TOO_LARGE")
+        except Exception:
+            report_internal_error(metrics, "admin", request)
+            return respond("INTERNAL_ERROR")
+
+    return answer_in_envelope
+
+
+def bearer_token_middleware(admin_token: str) -> Middleware:
+    expected = f"Bearer {admin_token}".encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # aiohttp hands a header that is not UTF-8 over with surrogate escapes: back to the
+        # bytes as sent, which then never equal the token
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        public = request.path in PUBLIC_PATHS
+        if not public and (not admin_token or not hmac.compare_digest(given, expected)):
+            return respond("UNAUTHORIZED")
+        return await handler(request)
 
     return check_token
+
+
+@web.middleware
+async def storable_parameters(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Path parameters reach Redis and PostgreSQL as text, like the bodies do ('%00' decodes to
+    NUL; bytes that are not UTF-8 stay percent text). No query text is stored."""
+    for name, value in request.match_info.items():
+        refuse_unstorable(value, name)
+    return await handler(request)
 
 
 def _one_of(payload: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
@@ -59,10 +89,13 @@ def _optional_maxbet(payload: dict[str, Any]) -> int | None:
 
 
 class AdminApi:
-    def __init__(self, wallet: Wallet, sessions: Sessions, launch_client: LaunchClient) -> None:
+    def __init__(
+        self, wallet: Wallet, sessions: Sessions, launch_client: LaunchClient, metrics: Metrics
+    ) -> None:
         self.wallet = wallet
         self.sessions = sessions
         self.launch_client = launch_client
+        self.metrics = metrics
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -109,6 +142,7 @@ class AdminApi:
         outcome, balance = await self.wallet.adjust_balance(
             request.match_info["user_id"], amount, identifier(payload, "reference")
         )
+        self.metrics.observe_outcome(outcome)  # BALANCE_LIMIT is an incident here too
         return respond(outcome, {"balance": balance})
 
     async def open_session(self, request: web.Request) -> web.Response:

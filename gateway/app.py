@@ -6,7 +6,12 @@ import asyncpg
 from aiohttp import hdrs, web
 from redis.asyncio import Redis
 
-from gateway.admin import AdminApi, bearer_token_middleware
+from gateway.admin import (
+    AdminApi,
+    bearer_token_middleware,
+    envelope_middleware,
+    storable_parameters,
+)
 from gateway.callbacks import BODY_BYTES_MAX, Callbacks, respond
 from gateway.launch import LaunchClient
 from gateway.metrics import Metrics
@@ -78,7 +83,9 @@ async def _no_route(request: web.Request) -> web.Response:
 
 def _with_envelope_fallback(app: web.Application) -> web.Application:
     # Unknown paths and methods answer in the protocol's envelope, not aiohttp's plain text.
-    app.router.add_route("*", "/{tail:.*}", _no_route)
+    # [\s\S], not '.': a path may hold a percent-encoded newline, which '.' does not match
+    # [\s\S], not '.': a path may hold a percent-encoded newline, which '.' does not match
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route)
     return app
 
 
@@ -106,11 +113,19 @@ def operations_api(services: Services) -> OperationsApi:
 
 def create_admin_app(services: Services) -> web.Application:
     settings = services.settings
-    app = web.Application(middlewares=[bearer_token_middleware(settings.admin_token)])
+    app = web.Application(
+        middlewares=[
+            envelope_middleware(services.metrics),
+            bearer_token_middleware(settings.admin_token),
+            storable_parameters,
+        ]
+    )
     launch_client = LaunchClient(
         settings.provider_base_url, settings.provider_public_key, settings.operator_id
     )
-    app.add_routes(AdminApi(services.wallet, services.sessions, launch_client).routes())
+    app.add_routes(
+        AdminApi(services.wallet, services.sessions, launch_client, services.metrics).routes()
+    )
     app.add_routes(operations_api(services).routes())
     if services.history_pool is not None:
         app.add_routes(SupportApi(services.history_pool).routes())

@@ -18,7 +18,6 @@ from gateway.metrics import Metrics
 from gateway.outcomes import OK, envelope, status_of
 from gateway.schemas import (
     BET_ACTIONS,
-    CLOSE_ROUND_ACTION,
     DEPOSIT_ACTIONS,
     ROLLBACK_ACTION,
     WIN_ACTIONS,
@@ -29,7 +28,9 @@ from gateway.schemas import (
     InvalidRequest,
     RollbackRequest,
     WinRequest,
+    action_of,
     decode_object,
+    is_action,
 )
 from gateway.sessions import Sessions
 from gateway.signing import KeyRing
@@ -43,6 +44,7 @@ from gateway.wallet import (
 
 BODY_BYTES_MAX = 64 * 1024
 REQUEST_ID_PREFIX_BYTES = 3  # short: a log line's id only needs to be unique for a while
+ACTION_LABELS = BET_ACTIONS | DEPOSIT_ACTIONS
 
 log = logging.getLogger("gateway.callbacks")
 
@@ -70,6 +72,15 @@ def respond(
         status=status_of(outcome),
         content_type="application/json",
     )
+
+
+def report_internal_error(metrics: Metrics, listener: str, request: web.Request) -> None:
+    """A failure nobody foresaw (PROTOCOL.md §3), from inside its `except` block: the traceback
+    to the log, one more on the listener's counter; the caller answers INTERNAL_ERROR."""
+    logging.getLogger(f"gateway.{listener}").exception(
+        "internal error on %s %s", request.method, request.path
+    )
+    metrics.internal_errors.labels(listener).inc()
 
 
 def wallet_answer(
@@ -135,7 +146,7 @@ class Callbacks:
                 answer.replayed,
             )
             log_callback(
-                request.headers.get("X-Request-Id") or self._request_ids.next(),
+                self._request_id(request),
                 endpoint,
                 answer.action,
                 answer.provider_tx_id,
@@ -146,6 +157,12 @@ class Callbacks:
             return response
 
         return handler
+
+    def _request_id(self, request: web.Request) -> str:
+        """The caller's X-Request-Id if printable: one that is not UTF-8 (aiohttp's surrogate
+        escapes) would make the JSON log line fail and vanish. Else one of ours."""
+        given = request.headers.get("X-Request-Id")
+        return given if given and given.isprintable() else self._request_ids.next()
 
     async def _answer(self, request: web.Request, callback: CallbackBody) -> Answer:
         if (request.content_length or 0) > BODY_BYTES_MAX:
@@ -162,13 +179,18 @@ class Callbacks:
         payload: dict[str, Any] = {}
         try:
             payload = decode_object(body)
-            return await callback(payload, body)
+            # one deadline for all the callback's Redis work, /auth's several steps included
+            async with self.wallet.within_deadline():
+                return await callback(payload, body)
         except InvalidRequest as exc:
             action = _action_label(payload.get("action"))
             return Answer("BAD_REQUEST", message=str(exc), action=action)
         except (WalletUnavailable, *REDIS_UNREACHABLE) as exc:
             log.warning("wallet unavailable on %s: %s", request.path, exc)
             return Answer("WALLET_UNAVAILABLE", action=_action_label(payload.get("action")))
+        except Exception:
+            report_internal_error(self.metrics, "callbacks", request)
+            return Answer("INTERNAL_ERROR", action=_action_label(payload.get("action")))
 
     async def auth(self, payload: dict[str, Any], body: bytes) -> Answer:
         outcome, data = await self.sessions.authenticate(AuthRequest.parse(payload))
@@ -179,20 +201,18 @@ class Callbacks:
         return money_answer(await self.wallet.debit_bet(request, body), request)
 
     async def deposit(self, payload: dict[str, Any], body: bytes) -> Answer:
-        action = payload.get("action")
+        action = action_of(payload, DEPOSIT_ACTIONS)
         if action in WIN_ACTIONS:
             win = WinRequest.parse(payload)
             return money_answer(await self.wallet.settle_bet(win, body), win)
         if action == ROLLBACK_ACTION:
             rollback = RollbackRequest.parse(payload)
             return money_answer(await self.wallet.settle_bet(rollback, body), rollback)
-        if action == CLOSE_ROUND_ACTION:
-            close = CloseRoundRequest.parse(decode_object(body, exact_decimals=True))
-            reply = await self.wallet.close_round(close, body)
-            return wallet_answer(
-                reply, close, {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id}
-            )
-        raise InvalidRequest("action must be one of WIN, FREE_BET_WIN, ROLL_BACK, CLOSE_ROUND")
+        close = CloseRoundRequest.parse(decode_object(body, exact_decimals=True))
+        reply = await self.wallet.close_round(close, body)
+        return wallet_answer(
+            reply, close, {"provider_tx_id": close.provider_tx_id, "round_id": close.round_id}
+        )
 
     async def balance(self, payload: dict[str, Any], body: bytes) -> Answer:
         request = BalanceRequest.parse(payload)
@@ -206,4 +226,4 @@ class Callbacks:
 
 def _action_label(value: Any) -> str:
     """A metrics label from an unvalidated field: only known actions, so labels stay few."""
-    return value if value in BET_ACTIONS or value in DEPOSIT_ACTIONS else ""
+    return value if is_action(value, ACTION_LABELS) else ""

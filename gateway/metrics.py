@@ -69,6 +69,12 @@ class Metrics:
         self.incidents = Counter(
             "wallet_incidents", "Incidents recorded, by kind", ["kind"], registry=registry
         )
+        self.internal_errors = Counter(
+            "wallet_internal_errors",
+            "Failures nobody foresaw, answered 500 and logged with their traceback",
+            ["listener"],
+            registry=registry,
+        )
         self.stream_length = Gauge(
             "wallet_stream_entries",
             "Entries in the event streams (all shards)",
@@ -88,10 +94,15 @@ class Metrics:
         self.request_seconds.labels(endpoint).observe(seconds)
         if replayed:
             self.replays.labels(endpoint).inc()
-        elif outcome in INCIDENT_OUTCOMES:
-            self.incidents.labels(outcome).inc()
+        else:
+            self.observe_outcome(outcome)
         if status == 409:
             self.conflicts.labels(outcome).inc()
+
+    def observe_outcome(self, outcome: str) -> None:
+        """A new (not replayed) outcome of the wallet's, from a callback or the admin API."""
+        if outcome in INCIDENT_OUTCOMES:
+            self.incidents.labels(outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
         workers_dir = os.environ.get(MULTIPROCESS_DIR_ENV)

@@ -111,7 +111,8 @@ def _error_response(status: int) -> dict[str, Any]:
 
 def _responses(success: dict[str, dict[str, Any]], errors: tuple[int, ...]) -> dict[str, Any]:
     responses = dict(success)
-    for status in errors:
+    # any operation: a failure nobody foresaw is a 500 in the envelope (PROTOCOL.md §3)
+    for status in (*errors, 500):
         responses[str(status)] = _ref("responses", f"Error{status}")
     return responses
 
@@ -515,21 +516,21 @@ def _paths() -> dict[str, Any]:
             "post",
             "Create a player",
             {"201": _success(201, _schema("Player"), "created")},
-            (400, 401, 409, 503),
+            (400, 401, 409, 413, 503),
             request="CreatePlayerRequest",
         ),
         "/admin/players/{user_id}": _admin(
             "get",
             "A player's wallet",
             {"200": _success(200, _schema("Player"), "the player")},
-            (401, 404, 503),
+            (400, 401, 404, 503),
             parameters=(user_id,),
         ),
         "/admin/players/{user_id}/adjustments": _admin(
             "post",
             "Cashier deposit or withdrawal",
             {"200": _success(200, _schema("AdjustmentData"), "applied (or replayed)")},
-            (400, 401, 402, 404, 409, 503),
+            (400, 401, 402, 404, 409, 413, 503),
             request="AdjustmentRequest",
             parameters=(user_id,),
         ),
@@ -544,14 +545,14 @@ def _paths() -> dict[str, Any]:
             "post",
             "Open a session directly (development and tests), with a one-time user_token",
             {"201": _success(201, _schema("SessionData"), "the new live session")},
-            (400, 401, 404, 503),
+            (400, 401, 404, 413, 503),
             request="OpenSessionRequest",
         ),
         "/admin/launch": _admin(
             "post",
             "Launch a game at the provider and open its session",
             {"200": _success(200, _schema("LaunchData"), "where to send the player")},
-            (400, 401, 404, 502, 503),
+            (400, 401, 404, 413, 502, 503),
             request="LaunchRequest",
         ),
         "/admin/incidents": _admin(

@@ -36,14 +36,42 @@ class InvalidRequest(ValueError):
 
 def decode_object(body: bytes, exact_decimals: bool = False) -> dict[str, Any]:
     """`exact_decimals` reads JSON fractions as Decimal (CLOSE_ROUND's multipliers), at the cost
-    of the slower standard-library parser."""
+    of the slower standard-library parser. Its texts are stored (a callback's whole body, as
+    text): none may be unstorable."""
     try:
         payload = _exact_json(body) if exact_decimals else orjson.loads(body)
     except (orjson.JSONDecodeError, ValueError) as exc:
         raise InvalidRequest("malformed JSON") from exc
     if not isinstance(payload, dict):
         raise InvalidRequest("body must be a JSON object")
+    # orjson refuses lone surrogates, so only a \u0000 escape can make its strings unstorable:
+    # one bytes search on the hot path, the walk only when it hits (or a literal "\\u0000").
+    # The standard parser lets lone surrogates through: its result is always walked.
+    if exact_decimals or b"\\u0000" in body:
+        refuse_unstorable(payload, "body")
     return payload
+
+
+# PostgreSQL text holds no NUL; UTF-8 (Redis replies, the history) holds no lone surrogate.
+_UNSTORABLE_CHARACTER = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def refuse_unstorable(value: Any, field: str) -> None:
+    """PROTOCOL.md §1: no text the wallet stores holds a NUL or a lone surrogate. `value` is a
+    text or a decoded JSON value, walked whole (names too); an object's members are named by
+    their key in the message, anything deeper by the member it sits in."""
+    pending = [(field, value)]
+    while pending:  # a loop, not recursion: orjson allows nesting past Python's stack limit
+        name, item = pending.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE_CHARACTER.search(item):
+                raise InvalidRequest(f"{name} holds a NUL or a lone surrogate: not storable")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                pending.append((key if item is value else name, inner))
+                pending.append(("a field name", key))  # popped first: the name is checked first
+        elif isinstance(item, list):
+            pending.extend((name, inner) for inner in item)
 
 
 def _reject_constant(name: str) -> Any:
@@ -51,7 +79,12 @@ def _reject_constant(name: str) -> Any:
 
 
 def _exact_json(text: bytes | str) -> Any:
-    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except (RecursionError, InvalidOperation) as exc:
+        # nested past the parser's depth, or an exponent no Decimal holds ("0.0e999...9",
+        # twenty digits: a float zero to orjson)
+        raise ValueError("nested too deep or a number out of range") from exc
 
 
 def _present(payload: dict[str, Any], field: str) -> bool:
@@ -108,9 +141,14 @@ def optional_currency(payload: dict[str, Any]) -> str | None:
     return currency(payload) if _present(payload, "currency") else None
 
 
+def is_action(value: Any, allowed: frozenset[str]) -> bool:
+    # a list or an object is unhashable: `in` a frozenset would raise TypeError, not say no
+    return isinstance(value, str) and value in allowed
+
+
 def action_of(payload: dict[str, Any], allowed: frozenset[str]) -> str:
     value = payload.get("action")
-    if value not in allowed:
+    if not is_action(value, allowed):
         raise InvalidRequest(f"action must be one of {', '.join(sorted(allowed))}")
     return value
 

@@ -178,7 +178,7 @@ class Wallet:
             *filter_offsets(tx_id, filter_bits),
             *(filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else NO_OFFSETS),
         )
-        async with self._within_deadline():
+        async with self.within_deadline():
             reply = WalletReply.from_script(
                 await self._run(script, keys, (*head, "", *extra_args))
             )
@@ -193,7 +193,7 @@ class Wallet:
         return reply
 
     async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
-        async with self._within_deadline():
+        async with self.within_deadline():
             return await self._run(script, keys, args)
 
     async def _run(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
@@ -207,7 +207,7 @@ class Wallet:
             raise
 
     @contextlib.asynccontextmanager
-    async def _within_deadline(self) -> AsyncIterator[None]:
+    async def within_deadline(self) -> AsyncIterator[None]:
         """An answer within REDIS_TIMEOUT_MS, whatever Redis does: past it, the caller stops
         waiting (503); a call not yet sent is then never sent (coalesced_scripts.py)."""
         try:
@@ -320,7 +320,7 @@ class Wallet:
     async def get_player(self, user_id: str) -> Player | None:
         shard = self.keys.shard(user_id)
         try:
-            async with self._within_deadline():
+            async with self.within_deadline():
                 fields = await self.redis.hmget(
                     self.keys.player(shard, user_id),
                     ["username", "currency", "balance", "maxbet"],
