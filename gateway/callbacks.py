@@ -5,6 +5,7 @@ wallet call. Every answer, success or error, is the protocol's envelope; every a
 counted and logged in one place.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -179,21 +180,22 @@ class Callbacks:
         payload: dict[str, Any] = {}
         try:
             payload = decode_object(body)
-            # one deadline for all the callback's Redis work, /auth's several steps included
-            async with self.wallet.within_deadline():
-                return await callback(payload, body)
+            return await callback(payload, body)
         except InvalidRequest as exc:
             action = _action_label(payload.get("action"))
             return Answer("BAD_REQUEST", message=str(exc), action=action)
-        except (WalletUnavailable, *REDIS_UNREACHABLE) as exc:
-            log.warning("wallet unavailable on %s: %s", request.path, exc)
+        except (WalletUnavailable, TimeoutError, *REDIS_UNREACHABLE) as exc:
+            log.warning("wallet unavailable on %s: %r", request.path, exc)
             return Answer("WALLET_UNAVAILABLE", action=_action_label(payload.get("action")))
         except Exception:
             report_internal_error(self.metrics, "callbacks", request)
             return Answer("INTERNAL_ERROR", action=_action_label(payload.get("action")))
 
     async def auth(self, payload: dict[str, Any], body: bytes) -> Answer:
-        outcome, data = await self.sessions.authenticate(AuthRequest.parse(payload))
+        request = AuthRequest.parse(payload)
+        # its several Redis steps share one deadline (the others are one call each)
+        async with asyncio.timeout(self.wallet.deadline_seconds):
+            outcome, data = await self.sessions.authenticate(request)
         return Answer(outcome, data)
 
     async def withdraw(self, payload: dict[str, Any], body: bytes) -> Answer:

@@ -5,12 +5,11 @@ into `WalletReply` values. It knows no HTTP.
 """
 
 import asyncio
-import contextlib
 import itertools
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.scripts import Scripts
-from gateway.seen_filter import FILTER_HASHES, filter_offsets
+from gateway.seen_filter import filter_offsets
 from gateway.settings import Settings
 
 REDIS_LOADING_WAIT_SECONDS_MAX = 600
@@ -44,7 +43,6 @@ REDIS_NOT_NOW_ERRORS = frozenset(
 # Redis 6.2 reports a failed redis.call as "... @user_script: 1: -OOM command not allowed ..."
 SCRIPT_COMMAND_ERROR = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
 LOOKUP_HISTORY = "LOOKUP_HISTORY"
-NO_OFFSETS = ("",) * FILTER_HASHES  # no referenced bet
 
 
 class WalletUnavailable(Exception):
@@ -134,10 +132,12 @@ class Wallet:
             observe_batch_seconds,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_timeout_ms,
+            deadline_seconds=settings.redis_timeout_ms / 1000,
         )
         self._operator_tx_ids = ProcessUniqueIds(OPERATOR_TX_ID_PREFIX_BYTES)
         self._retention_ms = settings.record_retention_seconds * 1000
-        self._deadline_seconds = settings.redis_timeout_ms / 1000
+        # a script call fails past it (coalesced_scripts.py); /auth's steps share one (callbacks)
+        self.deadline_seconds = settings.redis_timeout_ms / 1000
         # None: no PostgreSQL, so an id whose record expired cannot be decided (503)
         self.history: History | None = None
         self.session_idle_ms = settings.session_idle_seconds * 1000
@@ -166,37 +166,31 @@ class Wallet:
         bet_tx_id: str | None = None,
     ) -> WalletReply:
         """One money script; when it asks (LOOKUP_HISTORY), the history's records of these ids
-        are brought back and it runs once more. All within one deadline."""
+        are brought back and it runs once more. Each script call has its deadline; the history's
+        lookup too (persistence/records.py)."""
         script = getattr(self.scripts, script_name)
-        filter_bits = self.settings.idempotency_filter_bits
         tx_id = tx_fields[0]
         head = (
             *tx_fields,
             self._operator_tx_ids.next(),
             self._retention_ms,
             body,
-            *filter_offsets(tx_id, filter_bits),
-            *(filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else NO_OFFSETS),
+            filter_offsets(tx_id, self.settings.idempotency_filter_bits),
         )
-        async with self.within_deadline():
+        reply = WalletReply.from_script(
+            await self.run_script(script, keys, (*head, "", *extra_args))
+        )
+        if reply.outcome == LOOKUP_HISTORY:
+            if self.history is None:
+                raise WalletUnavailable("a record left Redis and there is no history")
+            await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
             reply = WalletReply.from_script(
-                await self._run(script, keys, (*head, "", *extra_args))
+                await self.run_script(script, keys, (*head, "1", *extra_args))
             )
-            if reply.outcome == LOOKUP_HISTORY:
-                if self.history is None:
-                    raise WalletUnavailable("a record left Redis and there is no history")
-                await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-                reply = WalletReply.from_script(
-                    await self._run(script, keys, (*head, "1", *extra_args))
-                )
         assert reply.outcome != LOOKUP_HISTORY, "a script asked for the history twice"
         return reply
 
     async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
-        async with self.within_deadline():
-            return await self._run(script, keys, args)
-
-    async def _run(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
             return await self._script_calls.call(script, keys, args)
         except REDIS_UNREACHABLE as exc:
@@ -206,23 +200,14 @@ class Wallet:
                 raise WalletUnavailable(str(exc)) from exc
             raise
 
-    @contextlib.asynccontextmanager
-    async def within_deadline(self) -> AsyncIterator[None]:
-        """An answer within REDIS_TIMEOUT_MS, whatever Redis does: past it, the caller stops
-        waiting (503); a call not yet sent is then never sent (coalesced_scripts.py)."""
-        try:
-            async with asyncio.timeout(self._deadline_seconds):
-                yield
-        except TimeoutError as exc:
-            raise WalletUnavailable("no answer within REDIS_TIMEOUT_MS") from exc
-
     def _common_keys(self, shard: int, provider_tx_id: str) -> list[str]:
         keys = self.keys
+        tx_shard = keys.shard(provider_tx_id)
         return [
             keys.tx(shard, provider_tx_id),
-            keys.tx_owner(keys.shard(provider_tx_id), provider_tx_id),
+            keys.tx_owner(tx_shard, provider_tx_id),
             keys.events(shard),
-            keys.seen_filter(keys.shard(provider_tx_id)),
+            keys.seen_filter(tx_shard),
         ]
 
     @staticmethod
@@ -277,6 +262,7 @@ class Wallet:
         keys = self.keys
         shard = keys.shard(request.user_id)
         bet_tx_id = request.bet_tx_id or ""
+        filter_bits = self.settings.idempotency_filter_bits
         return await self._call_money_script(
             "rollback" if isinstance(request, RollbackRequest) else "credit",
             [
@@ -297,7 +283,7 @@ class Wallet:
                 request.bet_tx_id,
             ),
             body,
-            (),
+            (filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else "",),
             request.bet_tx_id,
         )
 
@@ -319,12 +305,10 @@ class Wallet:
 
     async def get_player(self, user_id: str) -> Player | None:
         shard = self.keys.shard(user_id)
-        try:
-            async with self.within_deadline():
-                fields = await self.redis.hmget(
-                    self.keys.player(shard, user_id),
-                    ["username", "currency", "balance", "maxbet"],
-                )
+        try:  # one command, no retry: socket_timeout (REDIS_TIMEOUT_MS) bounds it
+            fields = await self.redis.hmget(
+                self.keys.player(shard, user_id), ["username", "currency", "balance", "maxbet"]
+            )
         except REDIS_UNREACHABLE as exc:
             raise WalletUnavailable(str(exc)) from exc
         username, currency, balance, maxbet = fields

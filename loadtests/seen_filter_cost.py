@@ -33,10 +33,9 @@ PIPELINE_CALLS = 1_000
 
 
 def script_args(tx_id: str, filter_bits: int) -> list[str | int]:
-    """ARGV as a money script gets it (lua/money_common.lua), the filter offsets at 14..17."""
-    args: list[str | int] = [""] * 22
-    args[0] = tx_id
-    args[13:17] = filter_offsets(tx_id, filter_bits)
+    """ARGV as a money script gets it (lua/money_common.lua), the filter offsets at 14."""
+    args: list[str | int] = [""] * 15
+    args[0], args[13] = tx_id, filter_offsets(tx_id, filter_bits)
     return args
 
 
@@ -73,7 +72,7 @@ async def false_positive_rate(redis: Redis, filter_bits: int) -> tuple[int, floa
     for start in range(0, ids, PIPELINE_CALLS):
         async with redis.pipeline(transaction=False) as pipe:
             for n in range(start, min(ids, start + PIPELINE_CALLS)):
-                args = [a for o in filter_offsets(f"seen-{n}", filter_bits)
+                args = [a for o in filter_offsets(f"seen-{n}", filter_bits).split()
                         for a in ("SET", "u1", o, 1)]  # fmt: skip
                 pipe.execute_command("BITFIELD", key, *args)
             await pipe.execute()
@@ -81,7 +80,7 @@ async def false_positive_rate(redis: Redis, filter_bits: int) -> tuple[int, floa
     for start in range(0, FALSE_POSITIVE_PROBES, PIPELINE_CALLS):
         async with redis.pipeline(transaction=False) as pipe:
             for n in range(start, start + PIPELINE_CALLS):
-                args = [a for o in filter_offsets(f"fresh-{n}", filter_bits)
+                args = [a for o in filter_offsets(f"fresh-{n}", filter_bits).split()
                         for a in ("GET", "u1", o)]  # fmt: skip
                 pipe.execute_command("BITFIELD", key, *args)
             positives += sum(all(bits) for bits in await pipe.execute())

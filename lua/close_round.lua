@@ -1,8 +1,8 @@
 -- CLOSE_ROUND: no money moves. Lives in the shard of its round. KEYS[5] round-closed marker.
--- ARGV[23] stakes (JSON array of millis), ARGV[24] cash-out coefficients (JSON array of text).
+-- ARGV[16] stakes (JSON array of millis), ARGV[17] cash-out coefficients (JSON array of text).
 local seen = replay_or_conflict()
 if seen then return seen end
 local looked_up = remember_or_look_up()
 if looked_up then return looked_up end
 redis.call('SET', KEYS[5], tx_id, 'PX', retention_ms)
-return finish('OK', 0, '', 0, {'stakes', ARGV[23], 'coefficients', ARGV[24]})
+return finish('OK', 0, '', 0, {'stakes', ARGV[16], 'coefficients', ARGV[17]})

@@ -1,9 +1,11 @@
 -- WIN / FREE_BET_WIN. KEYS[5] player, KEYS[6] record of the referenced bet (player's shard),
 -- KEYS[7] owner of the referenced bet id, KEYS[8] incidents list, KEYS[9] tombstone of the bet,
 -- KEYS[10] early-win marker of the bet, KEYS[11] seen-id filter of the bet id's shard.
+-- ARGV[16] the bet id's offsets in that filter.
 -- Settlement is never refused for an expired session: no session is checked.
 local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
       bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local bet_offsets = ARGV[16]
 
 local seen = replay_or_conflict()
 if seen then return seen end
@@ -32,7 +34,7 @@ if ref_id ~= '' then
   end
   local bet = redis.call('HMGET', bet_key, unpack(BET_FIELDS))
   if not bet[3] then
-    local lookup = lookup_expired_bet(bet_filter_key, bet_owner)
+    local lookup = lookup_expired_bet(bet_filter_key, bet_offsets, bet_owner)
     if lookup then return lookup end
     -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
     local earlier_win = redis.call('GET', early_win_key)
@@ -66,7 +68,7 @@ if settles == 'open' then
 elseif settles == 'early' then
   redis.call('SET', early_win_key, tx_id, 'PX', retention_ms)
   redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)  -- and names its player
-  remember_bet(bet_filter_key)  -- so the marker outlives its retention
+  remember_bet(bet_filter_key, bet_offsets)  -- so the marker outlives its retention
 end
 local new_balance = redis.call('HINCRBY', player_key, 'balance', amount)
 return finish('OK', new_balance, currency, amount, extra)

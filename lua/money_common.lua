@@ -4,10 +4,10 @@
 -- KEYS[4] the seen-id filter of the tx id's shard; KEYS[5..] belong to each script.
 -- ARGV: 1 provider_tx_id, 2 user_id, 3 action, 4 amount, 5 currency, 6 round_id, 7 game,
 --       8 referenced bet tx id, 9 fingerprint, 10 now_ms, 11 operator_tx_id, 12 retention_ms,
---       13 raw request body, 14..17 the tx id's bit offsets in the seen-id filter, 18..21 the
---       referenced bet's ('' when none), 22 '1' once the gateway has brought back from the
---       history whatever it holds of these ids; ARGV[23..] belong to each script.
---       Absent values are ''.
+--       13 raw request body, 14 the tx id's four bit offsets in the seen-id filter ("a b c d"),
+--       15 '1' once the gateway has brought back from the history whatever it holds of these
+--       ids; ARGV[16..] belong to each script (credit and rollback: 16 the referenced bet's
+--       offsets). Absent values are ''.
 -- Reply: {outcome, new_balance, operator_tx_id, currency, replayed (0|1)}.
 --
 -- All or nothing: Redis keeps every write a script made before a command errors, so each
@@ -15,7 +15,7 @@
 -- bounded by BALANCE_MILLIS_MAX, so HINCRBY cannot overflow).
 local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, fingerprint,
       now_ms, operator_tx_id, retention_ms, request_body = unpack(ARGV, 1, 13)
-local TX_OFFSETS, REF_OFFSETS, history_checked = 14, 18, ARGV[22]
+local tx_offsets, history_checked = ARGV[14], ARGV[15]
 local INCIDENTS_KEPT_MAX = 10000
 -- Balances stay exact everywhere: Lua numbers, JSON readers and PostgreSQL (PROTOCOL.md §6).
 local BALANCE_MILLIS_MAX = 9007199254740991
@@ -31,18 +31,20 @@ local function int_text(n)
   return string.format('%d', n)
 end
 
--- The seen-id filter (gateway/seen_filter.py, FILTER_HASHES = 4): an id's bits are
--- ARGV[first..first+3]. One BITFIELD each way, literal: no Lua loop or table on the hot path.
-local function filter_get(filter_key, first)
-  return redis.call('BITFIELD', filter_key, 'GET', 'u1', ARGV[first], 'GET', 'u1', ARGV[first + 1],
-    'GET', 'u1', ARGV[first + 2], 'GET', 'u1', ARGV[first + 3])
+-- The seen-id filter (gateway/seen_filter.py, FILTER_HASHES = 4): an id's four bit offsets
+-- travel as one argument (each argument costs the gateway to pack). One BITFIELD each way,
+-- literal: no Lua loop or table on the hot path.
+local function filter_get(filter_key, offsets)
+  local a, b, c, d = string.match(offsets, '^(%d+) (%d+) (%d+) (%d+)$')
+  return redis.call('BITFIELD', filter_key, 'GET', 'u1', a, 'GET', 'u1', b, 'GET', 'u1', c,
+    'GET', 'u1', d)
 end
 
 -- Sets the id's bits; returns them as they were.
-local function filter_set(filter_key, first)
-  return redis.call('BITFIELD', filter_key, 'SET', 'u1', ARGV[first], 1,
-    'SET', 'u1', ARGV[first + 1], 1, 'SET', 'u1', ARGV[first + 2], 1,
-    'SET', 'u1', ARGV[first + 3], 1)
+local function filter_set(filter_key, offsets)
+  local a, b, c, d = string.match(offsets, '^(%d+) (%d+) (%d+) (%d+)$')
+  return redis.call('BITFIELD', filter_key, 'SET', 'u1', a, 1, 'SET', 'u1', b, 1,
+    'SET', 'u1', c, 1, 'SET', 'u1', d, 1)
 end
 
 -- All of an id's bits set: seen before, or a false positive. One clear bit: certainly new.
@@ -76,16 +78,16 @@ end
 -- history decides (LOOKUP_HISTORY). Called after the checks that can fail: it writes.
 local function remember_or_look_up()
   if tx_owned then return nil end
-  local before = filter_set(KEYS[4], TX_OFFSETS)
+  local before = filter_set(KEYS[4], tx_offsets)
   if history_checked ~= '1' and all_set(before) then return LOOKUP_HISTORY end
   return nil
 end
 
 -- A referenced bet of which the hot wallet holds nothing (no record, no owner): never seen
 -- (nil), or seen and gone (LOOKUP_HISTORY: it comes back from the history before the call is
--- decided).
-local function lookup_expired_bet(ref_filter_key, bet_owner)
-  if not bet_owner and history_checked ~= '1' and all_set(filter_get(ref_filter_key, REF_OFFSETS))
+-- decided). `ref_offsets`: its offsets, ARGV[16] of credit and rollback.
+local function lookup_expired_bet(ref_filter_key, ref_offsets, bet_owner)
+  if not bet_owner and history_checked ~= '1' and all_set(filter_get(ref_filter_key, ref_offsets))
   then
     return LOOKUP_HISTORY
   end
@@ -93,8 +95,8 @@ local function lookup_expired_bet(ref_filter_key, bet_owner)
 end
 
 -- A tombstone or an early-win marker outlives its retention through its bet id in the filter.
-local function remember_bet(ref_filter_key)
-  filter_set(ref_filter_key, REF_OFFSETS)
+local function remember_bet(ref_filter_key, ref_offsets)
+  filter_set(ref_filter_key, ref_offsets)
 end
 
 -- Append the event the history writer turns into a ledger row, store the outcome for replay,

@@ -1,8 +1,10 @@
 -- ROLL_BACK of the bet ref_id. KEYS[5] player, KEYS[6] record of the referenced bet,
 -- KEYS[7] owner of the referenced bet id, KEYS[8] incidents list, KEYS[9] tombstone of the bet,
 -- KEYS[10] early-win marker of the bet, KEYS[11] seen-id filter of the bet id's shard.
+-- ARGV[16] the bet id's offsets in that filter.
 local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
       bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local bet_offsets = ARGV[16]
 
 local seen = replay_or_conflict()
 if seen then return seen end
@@ -25,7 +27,7 @@ if bet[3] and bet[3] ~= 'BET' and bet[3] ~= 'FREE_BET' then
   return finish('NOT_A_BET', balance, currency, 0, {})
 end
 if not bet[3] then
-  local lookup = lookup_expired_bet(bet_filter_key, bet_owner)
+  local lookup = lookup_expired_bet(bet_filter_key, bet_offsets, bet_owner)
   if lookup then return lookup end
   local early_win = redis.call('GET', early_win_key)
   if early_win then
@@ -38,7 +40,7 @@ if not bet[1] or bet[4] ~= 'OK' then
   -- refund; the tombstone makes a late bet with this id a 409
   redis.call('SET', tombstone_key, tx_id, 'PX', retention_ms)
   redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)
-  remember_bet(bet_filter_key)  -- so the tombstone outlives its retention
+  remember_bet(bet_filter_key, bet_offsets)  -- so the tombstone outlives its retention
   return finish('OK', balance, currency, 0, {'tombstone', '1'})
 end
 if bet[1] == 'rolledback' then

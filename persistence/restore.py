@@ -278,7 +278,7 @@ async def _restore_seen_filter(
     retention is looked up in the history, never applied again (gateway/seen_filter.py)."""
     async for row in connection.cursor(SEEN_IDS, prefetch=RESTORE_FETCH_ROWS):
         tx_id = row["tx_id"]
-        offsets = filter_offsets(tx_id, filter_bits)
+        offsets = filter_offsets(tx_id, filter_bits).split()
         pipe.pipe.execute_command(
             "BITFIELD",
             keys.seen_filter(keys.shard(tx_id)),

@@ -294,12 +294,16 @@ def replica(own_redis: EmbeddedRedis, tmp_path: Path) -> Iterator[EmbeddedRedis]
 
 
 async def wait_until_replicating(replica: EmbeddedRedis) -> None:
-    client = Redis.from_url(replica.url)
-    for _ in range(100):
-        if (await client.info("replication")).get("master_link_status") == "up":
-            await client.aclose()
-            return
-        await asyncio.sleep(0.05)
+    """Linked to its primary, and done with the AOF rewrite that follows the first sync (a
+    SIGTERM that lands during it is lost: the replica's teardown would wait 30 s)."""
+    async with Redis.from_url(replica.url) as client:
+        for _ in range(200):
+            linked = (await client.info("replication")).get("master_link_status") == "up"
+            aof = await client.info("persistence")
+            rewriting = aof["aof_rewrite_in_progress"] or aof["aof_rewrite_scheduled"]
+            if linked and not rewriting:
+                return
+            await asyncio.sleep(0.05)
     raise AssertionError("the replica did not connect to its primary")
 
 
