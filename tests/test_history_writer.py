@@ -171,7 +171,12 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
 
 
 async def test_an_id_applied_twice_is_a_history_conflict_kept_raw_never_dropped(
-    provider: Any, admin: Any, services: Services, drain: Drain, database: asyncpg.Connection
+    provider: Any,
+    admin: Any,
+    services: Services,
+    drain: Drain,
+    database: asyncpg.Connection,
+    history_settings: Settings,
 ) -> None:
     """The same provider_tx_id in two stream entries means the wallet applied it twice: the
     history keeps the first, quarantines the other raw and opens an incident (PROTOCOL.md §5),
@@ -198,6 +203,11 @@ async def test_an_id_applied_twice_is_a_history_conflict_kept_raw_never_dropped(
     )  # fmt: skip
     details = orjson.loads(incident["details"])
     assert (details["stream_id"], details["held_stream_id"]) == (second_id, first_id)
+    # and reconcile says so, until an operator has dealt with it
+    report = await reconcile(services.redis, history_settings.database_url, history_settings)
+    quarantined = [d for d in report.differences if d.kind == "quarantined"]
+    assert [d.subject for d in quarantined] == [f"{stream} {second_id}"], report.render()
+    assert not report.agrees
 
 
 async def test_writer_killed_mid_batch_then_a_new_one_writes_every_event_exactly_once(
