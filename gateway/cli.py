@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway import conformance, server, simulator
+from gateway import server
 from gateway.instance import check_ports_free, data_dir_locked
 from gateway.logs import configure_logging
 from gateway.redis_connection import run_with_redis
@@ -19,6 +19,7 @@ from persistence import writer
 from persistence.reconcile import reconcile
 from persistence.restore import RestoreRefused, restore
 from persistence.schema import migrate
+from provider import conformance, simulator
 
 log = logging.getLogger("gateway.cli")
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from locust import FastHttpUser, between, constant_throughput, events, task
 
-from gateway.provider_client import (
+from gateway.signing import KeyRing, signed_headers
+from provider.client import (
     BALANCE_PATH,
     DEPOSIT_PATH,
     WITHDRAW_PATH,
@@ -40,7 +41,6 @@ from gateway.provider_client import (
     rollback_body,
     win_body,
 )
-from gateway.signing import KeyRing, signed_headers
 
 ADMIN_TIMEOUT_SECONDS = 10
 COEFFICIENT_CHOICES = tuple(Decimal(text) for text in ("1.25", "1.5", "2", "2.35", "3.1", "5"))

@@ -9,8 +9,8 @@ import argparse
 import asyncio
 import secrets
 
-from gateway.provider_client import OperatorAdmin, PlayerSession, bet_body, encode
 from gateway.signing import sign_body
+from provider.client import OperatorAdmin, PlayerSession, bet_body, encode
 
 BALANCE_MILLIS = 10**14
 STAKE_MILLIS = 100

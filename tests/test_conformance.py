@@ -16,11 +16,11 @@ from aiohttp import ClientSession, web
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
 from helpers import base_url
 
-from gateway import conformance
 from gateway.app import Services, create_admin_app, create_gateway_app
-from gateway.conformance import RULES, ConformanceConfig, ConformanceReport, run_conformance
-from gateway.provider_client import OperatorAdmin
 from gateway.signing import signed_headers
+from provider import conformance
+from provider.client import OperatorAdmin
+from provider.conformance import RULES, ConformanceConfig, ConformanceReport, run_conformance
 
 RELAY_BODY_BYTES_MAX = 1024 * 1024  # above the wallet's limit: the wallet behind decides 413
 

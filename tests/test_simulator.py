@@ -18,10 +18,12 @@ from aiohttp import web
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
 from helpers import base_url
 
-from gateway import simulator as simulate_command
 from gateway.app import Services, create_admin_app, create_gateway_app
 from gateway.launch import LaunchClient
-from gateway.provider_client import (
+from gateway.schemas import CloseRoundRequest
+from gateway.settings import Settings
+from provider import simulator as simulate_command
+from provider.client import (
     WITHDRAW_PATH,
     CallbackUndelivered,
     OperatorAdmin,
@@ -30,9 +32,8 @@ from gateway.provider_client import (
     bet_body,
     paid_millis,
 )
-from gateway.schemas import CloseRoundRequest
-from gateway.settings import Settings
-from gateway.simulator import GAMES, ProviderSimulator, SimulatorConfig
+from provider.launch_api import GAMES
+from provider.simulator import ProviderSimulator, SimulatorConfig
 
 FAST_RETRY = RetryPolicy(attempts_max=5, backoff_first_seconds=0.01, backoff_max_seconds=0.05)
 CALL_TIMEOUT_SECONDS_SHORT = 0.2
@@ -63,7 +64,7 @@ async def start_stack(
     async def start(wallet_url: str, **config: Any) -> Stack:
         config = {"retry": FAST_RETRY, "seed": 7, **config}
         simulator = ProviderSimulator(SimulatorConfig(wallet_url, PUBLIC_KEY, SECRET, **config))
-        provider_url = await simulator.start_server("127.0.0.1", 0)
+        provider_url = await simulator.launch_api.start_server("127.0.0.1", 0)
         launching = Services.create(
             settings.replace(provider_base_url=provider_url, provider_public_key=PUBLIC_KEY)
         )
@@ -95,8 +96,8 @@ async def test_admin_launch_reaches_the_simulator_which_authenticates_the_player
     stack = await start_stack(gateway_url)
     await stack.admin.create_player("alice", "USD", 50_000)
     launch = await stack.admin.launch("alice", "aviadrone")
-    assert launch["launch_url"].startswith(stack.simulator.base_url + "/play/aviadrone")
-    account = stack.simulator.players["alice"]
+    assert launch["launch_url"].startswith(stack.simulator.launch_api.base_url + "/play/aviadrone")
+    account = stack.simulator.launch_api.players["alice"]
     assert (account.session_token, account.currency) == (launch["session_token"], "USD")
     assert account.balance_millis == 50_000
     # the session the provider got at launch is the one the wallet takes bets on
@@ -120,7 +121,7 @@ async def test_launch_api_lists_games_and_refuses_bad_launches(
     gateway_url: str, start_stack: StartStack
 ) -> None:
     stack = await start_stack(gateway_url)
-    url = stack.simulator.base_url
+    url = stack.simulator.launch_api.base_url
     assert await LaunchClient(url, PUBLIC_KEY, "operator").list_games() == list(GAMES)
     query = {
         "userToken": "t",
@@ -141,7 +142,7 @@ async def test_launch_api_lists_games_and_refuses_bad_launches(
         ]:
             async with session.get(url + path, headers=headers, params=params) as response:
                 assert response.status == status, (path, params, await response.text())
-    assert stack.simulator.players == {}
+    assert stack.simulator.launch_api.players == {}
 
 
 # --- rounds -------------------------------------------------------------------------------------
@@ -151,7 +152,9 @@ async def test_rounds_of_both_kinds_leave_the_balances_the_ledger_predicts(
     gateway_url: str, start_stack: StartStack
 ) -> None:
     stack = await start_stack(gateway_url)
-    players = await stack.simulator.launch_players(stack.admin, 3, "USD", PLAYER_BALANCE_MILLIS)
+    players = await stack.simulator.launch_api.launch_players(
+        stack.admin, 3, "USD", PLAYER_BALANCE_MILLIS
+    )
     assert len(players) == 3
     summary = await stack.simulator.play(rounds=40, duration_seconds=20, concurrency=4)
     assert summary.clean, summary.report()
@@ -228,7 +231,7 @@ async def test_retries_through_5xx_and_timeouts_keep_the_balances_the_ledger_pre
 ) -> None:
     relay_url, relay = flaky_relay
     stack = await start_stack(relay_url, timeout_seconds=CALL_TIMEOUT_SECONDS_SHORT)
-    await stack.simulator.launch_players(stack.admin, 3, "USD", PLAYER_BALANCE_MILLIS)
+    await stack.simulator.launch_api.launch_players(stack.admin, 3, "USD", PLAYER_BALANCE_MILLIS)
     summary = await stack.simulator.play(rounds=30, duration_seconds=20, concurrency=4)
     assert summary.clean, summary.report()
     assert summary.retries > 0 and summary.undelivered == 0
@@ -257,7 +260,7 @@ async def test_close_round_aggregates_match_the_rounds_wins(
 ) -> None:
     relay_url, relay = flaky_relay
     stack = await start_stack(relay_url, timeout_seconds=CALL_TIMEOUT_SECONDS_SHORT)
-    await stack.simulator.launch_players(stack.admin, 4, "USD", PLAYER_BALANCE_MILLIS)
+    await stack.simulator.launch_api.launch_players(stack.admin, 4, "USD", PLAYER_BALANCE_MILLIS)
     await stack.simulator.play(rounds=16, duration_seconds=20, concurrency=4)
     wins_by_round: dict[str, list[int]] = defaultdict(list)
     for payload in relay.payloads.values():

@@ -1,7 +1,6 @@
 """Provider simulator (`wallet-gateway simulate`): plays the game provider against any wallet.
 
-It serves the provider's launch and game-list API (PROTOCOL.md §8), so that the operator's
-`/admin/launch` works locally; a launch authenticates the player on the wallet (/auth). It then
+Players arrive through the provider's launch API (`provider.launch_api`). The simulator then
 plays classic rounds (BET, then WIN or a loss) and server-driven rounds (several bets, a WIN or
 ROLL_BACK per bet, then one CLOSE_ROUND) with the real provider's retries, and keeps its own
 ledger of what each player's balance must be, checked against the wallet at the end.
@@ -10,7 +9,6 @@ ledger of what each player's balance must be, checked against the wallet at the 
 import argparse
 import asyncio
 import itertools
-import logging
 import random
 import secrets
 import sys
@@ -18,23 +16,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import aiohttp
-from aiohttp import web
 
-from gateway.provider_client import (
-    AUTH_PATH,
+from provider.client import (
     BALANCE_PATH,
     CALLBACK_TIMEOUT_SECONDS,
     DEPOSIT_PATH,
     PROVIDER_RETRY,
     WITHDRAW_PATH,
-    CallbackReply,
-    CallbackUndelivered,
     OperatorAdmin,
     ProviderClient,
     RetryPolicy,
     add_admin_arguments,
     add_wallet_arguments,
-    auth_body,
     balance_body,
     bet_body,
     close_round_body,
@@ -42,18 +35,18 @@ from gateway.provider_client import (
     rollback_body,
     win_body,
 )
-
-CLASSIC_GAME = "chicken-race"
-SERVER_DRIVEN_GAME = "aviadrone"
-GAMES = (SERVER_DRIVEN_GAME, CLASSIC_GAME)
-PLATFORMS = ("mobile", "desktop")
-PORTAL_MODES = ("real", "demo")
-LAUNCH_QUERY_REQUIRED = ("userToken", "currency", "platform", "portalMode", "returnUrl", "language")
+from provider.launch_api import (
+    CLASSIC_GAME,
+    PLAYERS_MAX,
+    SERVER_DRIVEN_GAME,
+    LaunchApi,
+    PlayerAccount,
+    check_within,
+)
 
 STAKES_MILLIS = (100, 200, 500, 1_000, 2_000, 5_000)
 COEFFICIENT_HUNDREDTHS_MIN = 101  # a cash-out pays at least 1.01 times the stake
 COEFFICIENT_HUNDREDTHS_MAX = 1_000
-PLAYERS_MAX = 1_000
 ROUNDS_MAX = 1_000_000
 CONCURRENCY_MAX = 256
 DURATION_SECONDS_MAX = 24 * 3600
@@ -66,20 +59,6 @@ FREE_BET_SHARE = 0.1
 SILENT_LOSS_SHARE = 0.5  # a lost classic round: half report WIN 0, half report nothing
 # CLOSE_ROUND attribute formats, (as_list, as_text), taken in turn so a run exercises all four
 CLOSE_ROUND_FORMATS = ((False, False), (True, True), (False, True), (True, False))
-
-log = logging.getLogger("gateway.simulator")
-
-
-@dataclass
-class PlayerAccount:
-    """One launched player, and the balance this side's ledger says the wallet must hold."""
-
-    user_id: str
-    session_token: str
-    currency: str
-    balance_millis: int
-    maxbet_millis: int
-    uncertain: bool = False  # a money call never got a definitive answer: balance unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,16 +140,9 @@ class SimulationSummary:
         return "\n".join(lines)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def _check_within(name: str, value: float, maximum: float, minimum: float = 0) -> None:
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{name} must be within {minimum}..{maximum}")
-
-
 class ProviderSimulator:
+    """Plays rounds on the accounts its launch API opened, one client for every callback."""
+
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.client = ProviderClient(
@@ -180,14 +152,11 @@ class ProviderSimulator:
             retry=config.retry,
             timeout_seconds=config.timeout_seconds,
         )
-        self.players: dict[str, PlayerAccount] = {}
-        self.base_url = ""
+        self.launch_api = LaunchApi(self.client, config.operator_id)
         self._random = random.Random(config.seed)
         self._run_id = secrets.token_hex(4)  # round ids never collide across runs
         self._round_numbers = itertools.count(1)
         self._close_round_formats = itertools.cycle(CLOSE_ROUND_FORMATS)
-        self._player_arrived = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> "ProviderSimulator":
         return self
@@ -196,150 +165,23 @@ class ProviderSimulator:
         await self.close()
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.launch_api.close()
         await self.client.close()
 
     def expected_balances(self) -> dict[str, int]:
-        return {user_id: account.balance_millis for user_id, account in self.players.items()}
-
-    # --- the provider's launch API ------------------------------------------------------------
-
-    def launch_app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/api/v1/launch/{game}", self._launch),
-                web.get("/api/v1/games", self._list_games),
-                web.get("/play/{game}", self._game_page),
-            ]
-        )
-        return app
-
-    async def start_server(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve the launch API; -> its base URL (port 0 picks a free port)."""
-        runner = web.AppRunner(self.launch_app(), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        bound_port = runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound_port}"
-        return self.base_url
-
-    async def _list_games(self, request: web.Request) -> web.Response:
-        operator_id = request.query.get("operatorId")
-        if not operator_id:
-            return _error(400, "operatorId is required")
-        if operator_id != self.config.operator_id:
-            return _error(404, f"unknown operator {operator_id}")
-        return web.json_response(list(GAMES))
-
-    async def _game_page(self, request: web.Request) -> web.Response:
-        return web.Response(text=f"simulated {request.match_info['game']}\n")
-
-    async def _launch(self, request: web.Request) -> web.Response:
-        if request.headers.get("X-Public-Key") != self.config.public_key:
-            return _error(401, "unknown X-Public-Key")
-        game = request.match_info["game"]
-        if game not in GAMES:
-            return _error(404, f"unknown game {game}")
-        query = request.query
-        missing = [name for name in LAUNCH_QUERY_REQUIRED if not query.get(name)]
-        if missing:
-            return _error(400, "missing query parameters: " + ", ".join(missing))
-        if query["platform"] not in PLATFORMS or query["portalMode"] not in PORTAL_MODES:
-            return _error(400, "platform must be mobile|desktop and portalMode real|demo")
-        session_token = f"sim-{secrets.token_urlsafe(18)}"
-        launch = {
-            "launch_url": f"{self.base_url}/play/{game}?session={session_token}",
-            "session_token": session_token,
+        return {
+            user_id: account.balance_millis for user_id, account in self.launch_api.players.items()
         }
-        if query["portalMode"] == "demo":
-            return web.json_response(launch)  # fun money: the wallet is never called
-        if len(self.players) >= PLAYERS_MAX:
-            return _error(503, f"the simulator holds {PLAYERS_MAX} players at most")
-        reply = await self._deliver(
-            AUTH_PATH,
-            auth_body(
-                session_token=session_token,
-                user_token=query["userToken"],
-                currency=query["currency"],
-                game=game,
-                platform=query["platform"],
-            ),
-        )
-        if reply is None or self._register(reply, session_token) is None:
-            answer = "no answer" if reply is None else f"{reply.status} {reply.body!r}"
-            return _error(502, f"wallet /auth did not accept the player: {answer}")
-        return web.json_response(launch)
-
-    def _register(self, reply: CallbackReply, session_token: str) -> PlayerAccount | None:
-        data = reply.data
-        if reply.status != 200 or not isinstance(data, dict):
-            return None
-        user_id, currency = data.get("user_id"), data.get("currency")
-        balance, maxbet = data.get("balance"), data.get("maxbet")
-        if not (isinstance(user_id, str) and isinstance(currency, str)):
-            return None
-        if type(balance) is not int or type(maxbet) is not int:
-            return None
-        account = self.players.get(user_id)
-        if account is None:
-            account = PlayerAccount(user_id, session_token, currency, balance, maxbet)
-            self.players[user_id] = account
-            self._player_arrived.set()
-        else:
-            # a new launch replaces the live session (PROTOCOL.md §8); the ledger carries on
-            account.session_token = session_token
-        return account
-
-    async def wait_for_players(self, count: int, timeout_seconds: float) -> int:
-        """Wait until `count` players launched (or the time is up); -> how many did."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_seconds
-        while len(self.players) < count:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._player_arrived.clear()
-            try:
-                await asyncio.wait_for(self._player_arrived.wait(), remaining)
-            except TimeoutError:
-                break
-        return len(self.players)
-
-    async def launch_players(
-        self, admin: OperatorAdmin, count: int, currency: str, balance_millis: int
-    ) -> list[PlayerAccount]:
-        """Create players through the operator's admin API and launch a game for each; the
-        operator then calls this simulator's launch API, which authenticates the player."""
-        _check_within("players", count, PLAYERS_MAX)
-        launched = []
-        for _ in range(count):
-            user_id = admin.new_user_id()
-            await admin.create_player(user_id, currency, balance_millis)
-            launch = await admin.launch(user_id, SERVER_DRIVEN_GAME)
-            account = self.players.get(user_id)
-            if account is None or account.session_token != launch.get("session_token"):
-                raise RuntimeError(
-                    f"the launch of {user_id} did not reach this simulator: does the wallet's"
-                    f" PROVIDER_BASE_URL point at {self.base_url}?"
-                )
-            launched.append(account)
-        return launched
-
-    # --- playing rounds -----------------------------------------------------------------------
 
     async def play(
         self, rounds: int, duration_seconds: float, concurrency: int = 4, verify: bool = True
     ) -> SimulationSummary:
         """Play up to `rounds` rounds, alternately classic and server-driven, `concurrency` at
         a time, starting none after `duration_seconds`; then check every balance."""
-        _check_within("rounds", rounds, ROUNDS_MAX)
-        _check_within("duration_seconds", duration_seconds, DURATION_SECONDS_MAX)
-        _check_within("concurrency", concurrency, CONCURRENCY_MAX, minimum=1)
-        accounts = list(self.players.values())
+        check_within("rounds", rounds, ROUNDS_MAX)
+        check_within("duration_seconds", duration_seconds, DURATION_SECONDS_MAX)
+        check_within("concurrency", concurrency, CONCURRENCY_MAX, minimum=1)
+        accounts = list(self.launch_api.players.values())
         if not accounts:
             raise ValueError("no player has launched a game yet")
         summary = SimulationSummary(players=len(accounts))
@@ -367,11 +209,11 @@ class ProviderSimulator:
 
     async def verify_balances(self, summary: SimulationSummary) -> None:
         """Ask the wallet (/balance) for every player whose balance the ledger knows."""
-        for account in self.players.values():
+        for account in self.launch_api.players.values():
             if account.uncertain:
                 summary.uncertain_players.append(account.user_id)
                 continue
-            reply = await self._deliver(BALANCE_PATH, balance_body(user_id=account.user_id))
+            reply = await self.client.deliver(BALANCE_PATH, balance_body(user_id=account.user_id))
             data = reply.data if reply is not None else None
             actual = data.get("amount") if isinstance(data, dict) else None
             if actual == account.balance_millis:
@@ -396,14 +238,6 @@ class ProviderSimulator:
             return Decimal(0)
         hundredths = self._random.randint(COEFFICIENT_HUNDREDTHS_MIN, COEFFICIENT_HUNDREDTHS_MAX)
         return Decimal(hundredths).scaleb(-2)
-
-    async def _deliver(self, path: str, payload: dict[str, object]) -> CallbackReply | None:
-        """Post with retries; None when the wallet never answered."""
-        try:
-            return await self.client.post(path, payload)
-        except CallbackUndelivered as exc:
-            log.warning("undelivered: %s", exc)
-            return None
 
     async def _play_classic_round(self, account: PlayerAccount, summary: SimulationSummary) -> None:
         action = "FREE_BET" if self._random.random() < FREE_BET_SHARE else "BET"
@@ -461,7 +295,7 @@ class ProviderSimulator:
             if fate is not None
         ]
         as_list, as_text = next(self._close_round_formats)
-        reply = await self._deliver(
+        reply = await self.client.deliver(
             DEPOSIT_PATH,
             close_round_body(
                 round_id=round_id,
@@ -483,7 +317,7 @@ class ProviderSimulator:
     ) -> tuple[PlacedBet | None, bool]:
         """-> (the bet if the wallet took it, whether its fate got a definitive answer)."""
         account = bet.account
-        reply = await self._deliver(
+        reply = await self.client.deliver(
             WITHDRAW_PATH,
             bet_body(
                 user_id=account.user_id,
@@ -506,7 +340,7 @@ class ProviderSimulator:
             return bet, True
         # Never confirmed: the provider voids the bet, which refunds it if it did run.
         summary.bets_voided += 1
-        void = await self._deliver(
+        void = await self.client.deliver(
             DEPOSIT_PATH,
             rollback_body(
                 user_id=account.user_id,
@@ -549,7 +383,7 @@ class ProviderSimulator:
                 game=bet.game,
                 action="FREE_BET_WIN" if bet.action == "FREE_BET" else "WIN",
             )
-        reply = await self._deliver(DEPOSIT_PATH, payload)
+        reply = await self.client.deliver(DEPOSIT_PATH, payload)
         if reply is None or not reply.acknowledged:
             account.uncertain = True
             return False
@@ -617,8 +451,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def simulate(args: argparse.Namespace) -> int:
-    _check_within("players", args.players, PLAYERS_MAX, minimum=1)
-    _check_within("balance_millis", args.balance_millis, BALANCE_MILLIS_MAX)
+    check_within("players", args.players, PLAYERS_MAX, minimum=1)
+    check_within("balance_millis", args.balance_millis, BALANCE_MILLIS_MAX)
     config = SimulatorConfig(
         wallet_url=args.url,
         public_key=args.public_key,
@@ -631,19 +465,19 @@ async def simulate(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.duration_seconds
     async with ProviderSimulator(config) as simulator:
-        url = await simulator.start_server(args.listen_host, args.listen_port)
+        url = await simulator.launch_api.start_server(args.listen_host, args.listen_port)
         print(f"provider launch API on {url} (the wallet's PROVIDER_BASE_URL)", flush=True)
         if args.admin_url:
             async with OperatorAdmin(
                 args.admin_url, args.admin_token, f"sim-{secrets.token_hex(4)}"
             ) as admin:
-                await simulator.launch_players(
+                await simulator.launch_api.launch_players(
                     admin, args.players, args.currency, args.balance_millis
                 )
         else:
             print(f"waiting for {args.players} launches", flush=True)
-            await simulator.wait_for_players(args.players, args.duration_seconds)
-        if not simulator.players:
+            await simulator.launch_api.wait_for_players(args.players, args.duration_seconds)
+        if not simulator.launch_api.players:
             print("no player launched a game", file=sys.stderr)
             return 1
         remaining_seconds = max(0.0, deadline - loop.time())

@@ -1,5 +1,5 @@
-"""The provider's side of the wallet callback protocol (PROTOCOL.md), for the tools that play the
-provider: the simulator, the conformance kit and the load test.
+"""The provider's signed client of the wallet callback protocol (PROTOCOL.md), for the tools that
+play the provider: the simulator, the conformance kit and the load test.
 
 Bodies are built here, encoded once, signed with `gateway.signing` and posted. A retry re-sends
 the very same bytes (same `provider_tx_id`, same signature), as the real provider does.
@@ -38,7 +38,7 @@ RETRY_ATTEMPTS_MAX = 20
 BACKOFF_SECONDS_MAX = 60.0
 ERROR_EXCERPT_BYTES_MAX = 200
 
-log = logging.getLogger("gateway.provider_client")
+log = logging.getLogger("provider.client")
 
 
 # --- retries ------------------------------------------------------------------------------------
@@ -213,6 +213,15 @@ class ProviderClient(HttpClient):
         raise CallbackUndelivered(
             f"{path}: no answer after {policy.attempts_max} attempts: {failure}"
         )
+
+    async def deliver(self, path: str, payload: dict[str, Any]) -> CallbackReply | None:
+        """Post with the client's retries; None when the wallet never answered, so the caller
+        must treat the call's outcome as unknown."""
+        try:
+            return await self.post(path, payload)
+        except CallbackUndelivered as exc:
+            log.warning("undelivered: %s", exc)
+            return None
 
 
 # --- callback bodies (PROTOCOL.md §4) -----------------------------------------------------------
