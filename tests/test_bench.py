@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path) -> None:
     out = tmp_path / "report"
     completed = subprocess.run(

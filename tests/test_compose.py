@@ -21,6 +21,8 @@ from gateway.openapi import openapi_document
 from gateway.settings import load_settings
 from gateway.signing import KeyRing
 
+pytestmark = pytest.mark.slow  # `docker compose config` runs for each
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_SECONDS_MAX = 60
@@ -203,7 +205,8 @@ def test_service_commands_are_cli_commands_with_valid_flags(compose_services, na
     program, subcommand, *_ = service["command"]
     assert program == "wallet-gateway"
     assert subcommand in COMMANDS or subcommand in TOOLS, f"no `wallet-gateway {subcommand}`"
-    args = build_parser().parse_args(service["command"][1:])
+    argv = service["command"][1:]
+    args = build_parser(argv).parse_args(argv)
     load_settings(args, environ=service["environment"])
 
 
