@@ -11,6 +11,7 @@ from gateway.launch import LaunchClient, LaunchRequest, ProviderUnavailable
 from gateway.metrics import Metrics
 from gateway.operations import PUBLIC_PATHS
 from gateway.outcomes import OK
+from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
     AMOUNT_MILLIS_MAX,
     InvalidRequest,
@@ -21,7 +22,7 @@ from gateway.schemas import (
     refuse_unstorable,
 )
 from gateway.sessions import Sessions, new_token
-from gateway.wallet import REDIS_UNREACHABLE, Wallet, WalletUnavailable
+from gateway.wallet import Wallet
 
 INCIDENTS_LISTED_MAX = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -20,9 +20,10 @@ from gateway.redis_connection import connect_redis
 from gateway.sessions import Sessions
 from gateway.settings import Settings
 from gateway.signing import KeyRing
+from gateway.support import SupportApi
 from gateway.wallet import Wallet
+from persistence.postgres import open_postgres_pool
 from persistence.records import HistoryRecords
-from persistence.support_api import SupportApi
 
 HISTORY_POOL_CONNECTIONS_MAX = 4
 
@@ -48,9 +49,8 @@ class Services:
     async def start(self) -> None:
         await self.wallet.start()
         if self.settings.database_url:
-            # min_size=0: the gateway starts, and keeps answering, while PostgreSQL is down
-            self.history_pool = await asyncpg.create_pool(
-                self.settings.database_url, min_size=0, max_size=HISTORY_POOL_CONNECTIONS_MAX
+            self.history_pool = await open_postgres_pool(
+                self.settings.database_url, HISTORY_POOL_CONNECTIONS_MAX
             )
             wallet = self.wallet
             wallet.history = HistoryRecords(

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.logs import log_callback
 from gateway.metrics import Metrics
 from gateway.outcomes import OK, envelope, status_of
+from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
     BET_ACTIONS,
     DEPOSIT_ACTIONS,
@@ -35,13 +36,8 @@ from gateway.schemas import (
 )
 from gateway.sessions import Sessions
 from gateway.signing import KeyRing
-from gateway.wallet import (
-    REDIS_UNREACHABLE,
-    ProcessUniqueIds,
-    Wallet,
-    WalletReply,
-    WalletUnavailable,
-)
+from gateway.unique_ids import ProcessUniqueIds
+from gateway.wallet import Wallet, WalletReply
 
 BODY_BYTES_MAX = 64 * 1024
 REQUEST_ID_PREFIX_BYTES = 3  # short: a log line's id only needs to be unique for a while

@@ -2,24 +2,19 @@
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
 
-from gateway import server
 from gateway.instance import check_ports_free, data_dir_locked
 from gateway.logs import configure_logging
-from gateway.redis_connection import run_with_redis
 from gateway.settings import Settings, add_setting_flags, load_settings
 from gateway.signing import KeyRing
-from gateway.stack import EmbeddedStack, ensure_credentials
-from loadtests import bench
-from persistence import writer
-from persistence.reconcile import reconcile
-from persistence.restore import RestoreRefused, restore
-from persistence.schema import migrate
-from provider import conformance, simulator
+
+# The composition root (DESIGN.md): the one module that may import every package. It imports
+# what a command runs only when that command runs, so `--help` or one tool loads no other.
 
 log = logging.getLogger("gateway.cli")
 
@@ -44,6 +39,10 @@ def _print_banner(settings: Settings) -> None:
 
 
 def command_up(settings: Settings) -> int:
+    from gateway import server
+    from gateway.stack import EmbeddedStack, ensure_credentials
+    from persistence.schema import migrate
+
     with data_dir_locked(settings.data_dir):
         check_ports_free(settings)
         settings = ensure_credentials(settings)
@@ -58,6 +57,8 @@ def command_up(settings: Settings) -> int:
 
 
 def command_serve(settings: Settings) -> int:
+    from gateway import server
+
     if not settings.redis_url:
         raise ValueError("serve needs REDIS_URL (or use `wallet-gateway up`)")
     if not settings.provider_keys or not settings.admin_token:
@@ -75,6 +76,8 @@ def _needs(settings: Settings, *names: str) -> Settings:
 
 
 def command_migrate(settings: Settings) -> int:
+    from persistence.schema import migrate
+
     applied = asyncio.run(migrate(_needs(settings, "database_url").database_url))
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
     return 0
@@ -82,31 +85,13 @@ def command_migrate(settings: Settings) -> int:
 
 def command_reconcile(settings: Settings) -> int:
     """Exit 0 only when Redis and PostgreSQL agree."""
+    from gateway.redis_connection import run_with_redis
+    from persistence.reconcile import reconcile
+
     _needs(settings, "redis_url", "database_url")
     report = asyncio.run(run_with_redis(settings, reconcile))
     print(report.render())
     return 0 if report.agrees else 1
-
-
-class RestoreCommand:
-    """`restore [--force]`: rebuild the hot wallet from PostgreSQL into an empty Redis."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_setting_flags(parser)
-        parser.add_argument(
-            "--force", action="store_true", help="restore into a Redis that is not empty"
-        )
-
-    def run(self, args: argparse.Namespace) -> int:
-        settings = _needs(load_settings(args), "redis_url", "database_url")
-        configure_logging(settings.log_level)
-        try:
-            report = asyncio.run(run_with_redis(settings, restore, args.force))
-        except RestoreRefused as exc:
-            print(f"wallet-gateway: restore refused: {exc}", file=sys.stderr)
-            return 1
-        print(report.render())
-        return 0
 
 
 COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
@@ -118,40 +103,65 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
 
 
 class Tool(Protocol):
-    """A command with arguments of its own."""
+    """A command with arguments of its own: a module with these two functions."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-TOOLS: dict[str, tuple[Tool, str]] = {
-    "simulate": (simulator, "play the game provider against a wallet (and serve its launch API)"),
-    "conformance": (conformance, "check any wallet against the protocol's rules; exit 1 on a FAIL"),
-    "bench": (bench, "benchmark the whole stack with locust; report, chart and money check"),
-    "writer": (writer, "drain the event streams into PostgreSQL (the durable history)"),
-    "restore": (RestoreCommand(), "rebuild the hot wallet from PostgreSQL into an empty Redis"),
+# name -> (the tool's module, imported only once its command is chosen; the help line)
+TOOLS: dict[str, tuple[str, str]] = {
+    "simulate": (
+        "provider.simulator",
+        "play the game provider against a wallet (and serve its launch API)",
+    ),
+    "conformance": (
+        "provider.conformance",
+        "check any wallet against the protocol's rules; exit 1 on a FAIL",
+    ),
+    "bench": (
+        "loadtests.bench",
+        "benchmark the whole stack with locust; report, chart and money check",
+    ),
+    "writer": (
+        "persistence.writer",
+        "drain the event streams into PostgreSQL (the durable history)",
+    ),
+    "restore": (
+        "persistence.restore",
+        "rebuild the hot wallet from PostgreSQL into an empty Redis",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_tool(name: str) -> Tool:
+    module, _ = TOOLS[name]
+    return cast(Tool, importlib.import_module(module))
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Every command with its help line; the options of a tool only when `argv` chooses it
+    (the top level has no options of its own: its first word is the command)."""
+    chosen = next((word for word in argv if not word.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="wallet-gateway", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         add_setting_flags(subcommands.add_parser(name, help=help_text))
-    for name, (tool, help_text) in TOOLS.items():
-        tool.add_arguments(subcommands.add_parser(name, help=help_text))
+    for name, (_, help_text) in TOOLS.items():
+        subparser = subcommands.add_parser(name, help=help_text)
+        if name == chosen:
+            load_tool(name).add_arguments(subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command in TOOLS:
             configure_logging("WARNING")  # a tool that reads settings sets their level itself
-            tool, _ = TOOLS[args.command]
-            return tool.run(args)
+            return load_tool(args.command).run(args)
         settings = load_settings(args)
         configure_logging(settings.log_level)
         command, _ = COMMANDS[args.command]

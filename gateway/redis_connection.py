@@ -12,6 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.settings import Settings
 
 REDIS_CONNECTIONS_MAX = 512
+# Clients off the request path (the writer, one-off commands, benchmarks); the gateway's own
+# connects within its request deadline, REDIS_TIMEOUT_MS.
+REDIS_CONNECT_SECONDS_MAX = 5.0
 # CLIENT SETNAME of every connection of a gateway and of a history writer (see
 # persistence/writer.py connect_writer_redis): CLIENT LIST then tells them from other clients,
 # so restore can refuse a wallet that is live.
@@ -29,10 +32,21 @@ class HiredisPackedConnection(Connection):
         return self._serializer.pack(*args)
 
 
+def connect_background_redis(redis_url: str, **options: Any) -> Redis:
+    """A client off the request path: decoded replies, a bounded connect; `options` add to
+    them (the writer's own reply timeout and name)."""
+    return Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
+        **options,
+    )
+
+
 async def run_with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
     """A one-off command (reconcile, restore) with a Redis client of its own:
     `work(redis, database_url, settings, *extra)`."""
-    async with Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+    async with connect_background_redis(settings.redis_url) as redis:
         return await work(redis, settings.database_url, settings, *extra)
 
 

@@ -4,9 +4,10 @@ session per player (PROTOCOL.md §4 /auth, §8)."""
 import secrets
 from typing import Any
 
+from gateway.clock import now_ms
 from gateway.outcomes import OK
 from gateway.schemas import AuthRequest
-from gateway.wallet import Wallet, now_ms
+from gateway.wallet import Wallet
 
 TOKEN_BYTES = 24
 

@@ -106,7 +106,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
             dest=setting.name,
             default=None,
             metavar=setting.metadata["env"],
-            help=f"{setting.metadata['help']} (env {setting.metadata['env']})",
+            # argparse %-formats a help text: a literal % must be doubled ("1% lookups")
+            help=f"{setting.metadata['help']} (env {setting.metadata['env']})".replace("%", "%%"),
         )
 
 

@@ -5,10 +5,11 @@ writer does not leave the history silently behind."""
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+
+from gateway.backoff import Backoff
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -19,13 +20,6 @@ RESTART_DELAY_SECONDS_MAX = 30.0
 STABLE_RUN_SECONDS = 60.0
 
 
-def restart_delay(failures: int) -> float:
-    """Exponential in the failures in a row, capped, jittered into its upper half so children
-    that died together (Redis went away) do not all come back at the same instant."""
-    delay = min(RESTART_DELAY_SECONDS_MAX, RESTART_DELAY_SECONDS_MIN * 2 ** min(failures, 16))
-    return random.uniform(delay / 2, delay)
-
-
 class Child:
     """One supervised process; `make` builds a fresh (unstarted) Process each time."""
 
@@ -33,7 +27,9 @@ class Child:
         self.make = make
         self.process = make()
         self.started_at = 0.0
-        self.failures = 0  # deaths in a row, each within STABLE_RUN_SECONDS of its start
+        # the wait before a restart grows with the deaths in a row, each within
+        # STABLE_RUN_SECONDS of its start
+        self.restarts = Backoff(RESTART_DELAY_SECONDS_MIN, RESTART_DELAY_SECONDS_MAX)
         self.restart_at: float | None = None
 
     def start(self) -> None:
@@ -49,9 +45,8 @@ class Child:
                 return
             ran_seconds = now - self.started_at
             if ran_seconds >= STABLE_RUN_SECONDS:
-                self.failures = 0
-            delay = restart_delay(self.failures)
-            self.failures += 1
+                self.restarts.reset()
+            delay = self.restarts.next_seconds()
             self.restart_at = now + delay
             log.error(
                 "%s (pid %s) exited with code %s after %.1f s; restarting it in %.1f s",

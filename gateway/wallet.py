@@ -5,9 +5,6 @@ into `WalletReply` values. It knows no HTTP.
 """
 
 import asyncio
-import itertools
-import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,38 +12,23 @@ from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import BusyLoadingError, ResponseError
 
+from gateway.clock import now_ms
 from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
+from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable, is_not_now
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.scripts import Scripts
 from gateway.seen_filter import filter_offsets
 from gateway.settings import Settings
+from gateway.unique_ids import ProcessUniqueIds
 
 REDIS_LOADING_WAIT_SECONDS_MAX = 600
 REDIS_LOADING_POLL_SECONDS = 0.2
 OPERATOR_TX_ID_PREFIX_BYTES = 6
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
-# ConnectionError includes BusyLoadingError: Redis replaying its AOF after a restart
-REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-# Error replies that say "not now" (a script that gets one has written nothing: Redis refuses
-# it before its first write, or it is a read): read-only after a failover, loading, busy with
-# a long script, out of memory, refusing writes after a failed save, no replicas, cluster
-# trouble. The provider retries them like an unreachable Redis.
-REDIS_NOT_NOW_ERRORS = frozenset(
-    {"READONLY", "LOADING", "BUSY", "OOM", "MISCONF", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN",
-     "CLUSTERDOWN"}
-)  # fmt: skip
-# Redis 6.2 reports a failed redis.call as "... @user_script: 1: -OOM command not allowed ..."
-SCRIPT_COMMAND_ERROR = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
 LOOKUP_HISTORY = "LOOKUP_HISTORY"
-
-
-class WalletUnavailable(Exception):
-    """Redis did not answer: the call may or may not have run; the provider retries (503)."""
 
 
 class History(Protocol):
@@ -54,18 +36,6 @@ class History(Protocol):
     (persistence/records.py); raises WalletUnavailable when it cannot tell."""
 
     async def bring_back(self, tx_ids: list[str]) -> None: ...
-
-
-def is_not_now(error: ResponseError) -> bool:
-    """An error reply the provider should retry (503), by its error code: the reply's first
-    word, or inside a script's error the code of the command that failed. redis-py strips the
-    code of the replies it maps to classes of their own."""
-    if isinstance(error, ReadOnlyError | OutOfMemoryError):
-        return True
-    message = str(error)
-    in_script = SCRIPT_COMMAND_ERROR.search(message)
-    code = in_script.group(1) if in_script else message.split(" ", 1)[0]
-    return code in REDIS_NOT_NOW_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +68,6 @@ class Player:
             "balance": self.balance_millis,
             "maxbet": self.maxbet_millis,
         }
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class ProcessUniqueIds:
-    """Ids unique across processes and restarts: a random per-process prefix and a counter
-    (cheaper than a uuid per call). Our operator_tx_id; the logs' request id."""
-
-    def __init__(self, prefix_bytes: int) -> None:
-        self._prefix = secrets.token_hex(prefix_bytes)
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter)}"
 
 
 class Wallet:

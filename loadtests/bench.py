@@ -33,10 +33,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from gateway.embedded import free_port
-from gateway.redis_connection import run_with_redis
+from gateway.redis_connection import connect_background_redis, run_with_redis
 from gateway.settings import Settings
 from gateway.stack import EmbeddedStack
 from persistence.reconcile import reconcile
@@ -296,7 +294,7 @@ class LagSampler:
         return f"writer lag {last['events']:.0f} events, {last['seconds']:.1f} s"
 
     async def sample(self) -> WriterLag:
-        async with Redis.from_url(self.settings.redis_url, decode_responses=True) as redis:
+        async with connect_background_redis(self.settings.redis_url) as redis:
             return await read_lag(redis, self.settings.shards)
 
     def run(self) -> None:

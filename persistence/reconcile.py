@@ -18,10 +18,11 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from gateway.clock import now_ms
 from gateway.keys import KeySpace
 from gateway.settings import Settings
-from gateway.wallet import now_ms
 from persistence.batch import BIGINT_MAX, ms_to_datetime
+from persistence.postgres import connect_postgres
 from persistence.streams import parse_stream_id
 from persistence.writer import HistoryWriter, default_consumer_name
 
@@ -31,7 +32,6 @@ SNAPSHOT_KEYS_MAX = 1000  # keys read in one MULTI or one pipeline
 # A record this close to its expiry may legitimately be gone from Redis already.
 RECORD_EXPIRY_MARGIN_SECONDS = 3600
 DIFFERENCES_RENDERED_MAX = 100
-PG_CONNECT_SECONDS_MAX = 10.0
 
 # A stream that does not exist yet: every history row counts.
 POSITION_END = [BIGINT_MAX, BIGINT_MAX]
@@ -272,7 +272,7 @@ def _at_or_before(stream_id: str, positions: dict[int, list[int]], shard: int) -
 
 async def reconcile(redis: Redis, database_url: str, settings: Settings) -> ReconcileReport:
     """Compare Redis with PostgreSQL after writing the streams up to now. `redis` decodes
-    responses (as gateway.app.connect_redis makes it)."""
+    responses (as gateway.redis_connection makes it)."""
     keys = KeySpace(settings.shards)
     report = ReconcileReport()
     snapshot = await snapshot_redis(redis, keys)
@@ -284,7 +284,7 @@ async def reconcile(redis: Redis, database_url: str, settings: Settings) -> Reco
             lag = await writer.lag()
             report.differences.append(Difference("lag", "history", lag.render()))
         await writer.leave_group()
-    connection = await asyncpg.connect(database_url, timeout=PG_CONNECT_SECONDS_MAX)
+    connection = await connect_postgres(database_url)
     try:
         async with connection.transaction(isolation="repeatable_read"):
             await _compare(connection, snapshot, keys, settings, report)

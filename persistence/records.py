@@ -17,11 +17,12 @@ import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from gateway.clock import now_ms
 from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
+from gateway.redis_errors import WalletUnavailable
 from gateway.schemas import BET_ACTIONS, CLOSE_ROUND_ACTION
-from gateway.wallet import WalletUnavailable, now_ms
+from persistence.postgres import PG_UNREACHABLE
 from persistence.streams import read_progress
-from persistence.writer import PG_UNREACHABLE
 
 # Each record as restore rebuilds it: the transaction, its bet's state now, its round.
 # A bet's state as the scripts leave it: 'rolledback' once a ROLL_BACK applied to it (not a

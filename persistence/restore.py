@@ -25,6 +25,9 @@ gateways, let the writer drain the streams, stop it; then restore into an empty 
 non-empty one only when forced).
 """
 
+import argparse
+import asyncio
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,21 +37,22 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from gateway import clock
 from gateway.keys import KeySpace
+from gateway.logs import configure_logging
 from gateway.outcomes import INCIDENT_OUTCOMES
-from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME
+from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME, run_with_redis
 from gateway.schemas import CLOSE_ROUND_ACTION
 from gateway.seen_filter import filter_offsets
-from gateway.settings import Settings
-from gateway.wallet import now_ms as wallet_now_ms
+from gateway.settings import Settings, add_setting_flags, load_settings
 from persistence.batch import datetime_to_ms, ms_to_datetime
+from persistence.postgres import connect_postgres
 from persistence.records import TRANSACTION_RECORDS, idempotency_record, record_key_and_owner
 from persistence.streams import WriterLag, read_progress
 
 RESTORE_PIPELINE_COMMANDS_MAX = 1000  # commands per pipeline round trip
 RESTORE_FETCH_ROWS = 2000  # rows per cursor fetch
 INCIDENTS_KEPT_MAX = 10_000  # per shard, as lua/money_common.lua keeps them
-PG_CONNECT_SECONDS_MAX = 10.0
 
 PLAYERS = """
 SELECT p.user_id, p.currency, p.username, p.maxbet,
@@ -139,11 +143,11 @@ async def restore(
     started = time.monotonic()
     keys = KeySpace(settings.shards)
     retention_ms = settings.record_retention_seconds * 1000
-    now_ms = wallet_now_ms()
+    now_ms = clock.now_ms()
     kept_since = ms_to_datetime(now_ms - retention_ms)
     report = RestoreReport()
     pipe = _BoundedPipeline(redis)
-    connection = await asyncpg.connect(database_url, timeout=PG_CONNECT_SECONDS_MAX)
+    connection = await connect_postgres(database_url)
     try:
         # One snapshot for all the queries: balances and records tell the same story.
         async with connection.transaction(isolation="repeatable_read", readonly=True):
@@ -322,3 +326,26 @@ async def _restore_incidents(
         await pipe.flush_if_full()
     for key in lists:
         pipe.pipe.ltrim(key, 0, INCIDENTS_KEPT_MAX - 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`wallet-gateway restore`: the settings flags and --force."""
+    add_setting_flags(parser)
+    parser.add_argument(
+        "--force", action="store_true", help="restore into a Redis that is not empty"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Rebuild the hot wallet from PostgreSQL into an empty Redis; exit 1 when refused."""
+    settings = load_settings(args)
+    if not settings.redis_url or not settings.database_url:
+        raise ValueError("restore needs REDIS_URL and DATABASE_URL")
+    configure_logging(settings.log_level)
+    try:
+        report = asyncio.run(run_with_redis(settings, restore, args.force))
+    except RestoreRefused as exc:
+        print(f"wallet-gateway: restore refused: {exc}", file=sys.stderr)
+        return 1
+    print(report.render())
+    return 0

@@ -5,9 +5,10 @@ from importlib.resources import files
 
 import asyncpg
 
+from persistence.postgres import connect_postgres
+
 # Any constant both migrators agree on: two `migrate` runs at once take turns.
 MIGRATION_LOCK_ID = 0x77616C6C6574  # "wallet"
-PG_CONNECT_SECONDS_MAX = 10.0
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -19,7 +20,7 @@ def migration_files() -> list[tuple[str, str]]:
 
 async def migrate(database_url: str) -> list[str]:
     """Apply the migrations not applied yet; return their names (empty when up to date)."""
-    connection = await asyncpg.connect(database_url, timeout=PG_CONNECT_SECONDS_MAX)
+    connection = await connect_postgres(database_url)
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:

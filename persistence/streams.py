@@ -11,8 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from gateway import clock
 from gateway.keys import KeySpace
-from gateway.wallet import now_ms as wallet_now_ms
 
 GROUP = "history"
 STREAM_START_ID = "0-0"
@@ -166,7 +166,7 @@ class WriterLag:
 
     @classmethod
     def of(cls, progress: list[StreamProgress], now_ms: int | None = None) -> "WriterLag":
-        now_ms = wallet_now_ms() if now_ms is None else now_ms
+        now_ms = clock.now_ms() if now_ms is None else now_ms
         oldest = earliest(*(p.oldest_unacknowledged_id for p in progress))
         behind = [p for p in progress if p.oldest_unacknowledged_id is not None]
         return cls(

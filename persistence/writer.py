@@ -37,10 +37,12 @@ import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from gateway.backoff import Backoff
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
+from gateway.redis_connection import WRITER_CLIENT_NAME, connect_background_redis
+from gateway.redis_errors import REDIS_UNREACHABLE
 from gateway.settings import Settings, add_setting_flags, load_settings
-from gateway.wallet import REDIS_UNREACHABLE
 from persistence.batch import (
     EVENT_QUARANTINED,
     STAGING_DDL,
@@ -48,6 +50,7 @@ from persistence.batch import (
     HistoryBatch,
     quarantine,
 )
+from persistence.postgres import PG_UNREACHABLE, open_postgres_pool
 from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
 from persistence.streams import (
     GROUP,
@@ -75,15 +78,13 @@ TRIM_INTERVAL_SECONDS = 5.0
 ROUND_CHECK_INTERVAL_SECONDS = 1.0
 LAG_LOG_INTERVAL_SECONDS = 30.0
 LAG_WARN_SECONDS = 60.0  # behind more than this: the lag is logged as a warning
-BACKOFF_SECONDS_MIN = 0.05
+BACKOFF_SECONDS_FIRST = 0.1
 BACKOFF_SECONDS_MAX = 5.0
 FAILURES_LOGGED_EVERY = 20  # while an outage lasts, one warning per this many retries
 CONSUMER_IDLE_DELETE_MS = 3600 * 1000  # a consumer idle this long, with nothing pending, is gone
 PG_CONNECTIONS_MAX = 2
-PG_CONNECT_SECONDS_MAX = 5.0
 PG_COMMAND_SECONDS_MAX = 60.0
 PG_CLOSE_SECONDS_MAX = 5.0
-REDIS_CONNECT_SECONDS_MAX = 5.0
 REDIS_REPLY_MARGIN_SECONDS = 5.0  # a blocked XREADGROUP answers within BLOCK_MS plus this
 DRAIN_POLL_SECONDS = 0.05
 METRICS_HOST_DEFAULT = "127.0.0.1"
@@ -91,18 +92,6 @@ DRAIN_CHECK_INTERVAL_SECONDS = 0.5  # while writing, how often a drain checks if
 # A drain returns by its deadline; this backstop cancels it should something block past it.
 DRAIN_OVERRUN_SECONDS_MAX = 30.0
 
-PG_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError: the server went away
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
-    asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization: retry the batch
-    # a pooled connection that received the server's FATAL "terminating connection" but is
-    # not marked closed yet: in use, it fails so; a fresh connection works
-    asyncpg.InternalClientError,
-)
 # What PostgreSQL refuses in an entry itself (a NUL byte, a number out of range, a broken
 # constraint): that entry is quarantined and the writer goes on. Anything else (a missing
 # table...) is not the entry's fault: it stops the writer, whose supervisor restarts it.
@@ -130,19 +119,13 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class Backoff:
-    def __init__(self) -> None:
-        self.failures = 0
+def _retry_backoff() -> Backoff:
+    return Backoff(BACKOFF_SECONDS_FIRST, BACKOFF_SECONDS_MAX)
 
-    def next_seconds(self) -> float:
-        self.failures += 1
-        return min(BACKOFF_SECONDS_MAX, BACKOFF_SECONDS_MIN * 2 ** min(self.failures, 16))
 
-    def should_log(self) -> bool:
-        return self.failures % FAILURES_LOGGED_EVERY == 1
-
-    def reset(self) -> None:
-        self.failures = 0
+def _worth_logging(backoff: Backoff) -> bool:
+    """The first failure of an outage, then one in FAILURES_LOGGED_EVERY."""
+    return backoff.failures % FAILURES_LOGGED_EVERY == 1
 
 
 async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
@@ -162,12 +145,10 @@ async def _prepare_connection(connection: asyncpg.Connection) -> None:
 
 def connect_writer_redis(redis_url: str, block_ms: int) -> Redis:
     # Its own client: the gateway's answers within REDIS_TIMEOUT_MS, a blocked read does not.
-    return Redis.from_url(
+    return connect_background_redis(
         redis_url,
-        decode_responses=True,
         socket_timeout=block_ms / 1000 + REDIS_REPLY_MARGIN_SECONDS,
-        socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
-        client_name="wallet-writer",  # gateway.redis_connection.WRITER_CLIENT_NAME
+        client_name=WRITER_CLIENT_NAME,
         # bytes that are not UTF-8 survive as lone surrogates: quarantined raw, not a crash
         encoding_errors="surrogateescape",
     )
@@ -220,13 +201,10 @@ class HistoryWriter:
 
     async def _database(self) -> asyncpg.Pool:
         if self._pool is None:
-            # min_size 0: creating the pool needs no server; PostgreSQL may be down at start
-            self._pool = await asyncpg.create_pool(
+            self._pool = await open_postgres_pool(
                 self.settings.database_url,
-                min_size=0,
-                max_size=PG_CONNECTIONS_MAX,
+                PG_CONNECTIONS_MAX,
                 init=_prepare_connection,
-                timeout=PG_CONNECT_SECONDS_MAX,
                 command_timeout=PG_COMMAND_SECONDS_MAX,
             )
         return self._pool
@@ -294,7 +272,7 @@ class HistoryWriter:
         stop: asyncio.Event | None,
     ) -> bool:
         """Run until it succeeds -> True, or until `stop` is set -> False."""
-        backoff = Backoff()
+        backoff = _retry_backoff()
         while True:
             try:
                 await operation()
@@ -303,7 +281,7 @@ class HistoryWriter:
                 return True
             except transient as exc:
                 delay = backoff.next_seconds()
-                if backoff.should_log():
+                if _worth_logging(backoff):
                     log.warning("cannot %s (%r); retrying every <= %.1f s", what, exc, delay)
                 await _pause(stop, delay)
                 if stop is not None and stop.is_set():
@@ -510,7 +488,7 @@ class HistoryWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set. Redis or PostgreSQL outages are waited out, not raised."""
-        backoff = Backoff()
+        backoff = _retry_backoff()
         next_claim_at = next_trim_at = next_rounds_at = next_lag_at = 0.0
         log.info("history writer %s started on %d streams", self.consumer, len(self.streams))
         own_pending_recovered = False
@@ -565,7 +543,7 @@ class HistoryWriter:
             self._groups_ready = False
             return
         delay = backoff.next_seconds()
-        if backoff.should_log():
+        if _worth_logging(backoff):
             log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
         await _pause(stop, delay)
 
@@ -602,7 +580,7 @@ class HistoryWriter:
             expiry.cancel()
 
     async def _drain(self, stop: asyncio.Event) -> bool:
-        backoff = Backoff()
+        backoff = _retry_backoff()
         targets: dict[str, str] | None = None
         next_check_at = 0.0
         while not stop.is_set():
@@ -634,7 +612,7 @@ class HistoryWriter:
 
     async def _settle_rounds_through(self, stream_ms: int, stop: asyncio.Event) -> bool:
         """Compare every round closed up to `stream_ms` (waits out the clock skew margin)."""
-        backoff = Backoff()
+        backoff = _retry_backoff()
         while not stop.is_set():
             try:
                 await self.settle_rounds()
@@ -724,6 +702,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from gateway.cli import main
-
-    sys.exit(main(["writer", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="python -m persistence.writer", description=run.__doc__)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

@@ -22,16 +22,16 @@ import time
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
-import asyncpg
 import orjson
 import uvloop
-from redis.asyncio import Redis
 
+from gateway import clock
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.keys import KeySpace
+from gateway.redis_connection import connect_background_redis
 from gateway.schemas import fingerprint
 from gateway.settings import Settings
-from gateway.wallet import now_ms as wallet_now_ms
+from persistence.postgres import connect_postgres
 from persistence.schema import migrate
 from persistence.writer import BATCH_EVENTS_MAX, HistoryWriter, WriterLimits
 
@@ -96,8 +96,8 @@ def tx_event(n: int, user_id: str, now_ms: int) -> dict[str, str]:
 async def fill_streams(redis_url: str, shards: int, events: int) -> int:
     """FLUSHALL, then `events` entries spread over the players' shard streams -> entries."""
     keys = KeySpace(shards)
-    now_ms = wallet_now_ms()
-    async with Redis.from_url(redis_url, decode_responses=True) as redis:
+    now_ms = clock.now_ms()
+    async with connect_background_redis(redis_url) as redis:
         await redis.flushall()
         players = [f"bench-player-{n}" for n in range(min(PLAYERS, events))]
         entries: list[tuple[str, dict[str, str]]] = [
@@ -128,7 +128,7 @@ async def fill_streams(redis_url: str, shards: int, events: int) -> int:
 
 async def reset_database(database_url: str) -> None:
     await migrate(database_url)
-    connection = await asyncpg.connect(database_url)
+    connection = await connect_postgres(database_url)
     try:
         await connection.execute(f"TRUNCATE {', '.join(HISTORY_TABLES)} RESTART IDENTITY")
     finally:
@@ -136,7 +136,7 @@ async def reset_database(database_url: str) -> None:
 
 
 async def count_history(database_url: str) -> int:
-    connection = await asyncpg.connect(database_url)
+    connection = await connect_postgres(database_url)
     try:
         return await connection.fetchval(
             "SELECT (SELECT count(*) FROM transactions) + (SELECT count(*) FROM players)"

@@ -3,20 +3,11 @@
 
 import asyncio
 
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from persistence.streams import WriterLag
 
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-METRICS_SHUTDOWN_SECONDS = 5.0
 
 
 class WriterLagGauges:
@@ -92,20 +83,14 @@ class WriterMetrics:
         self.pending.set(lag.pending_events)
         self.lag.observe(lag)
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
 
 async def serve_metrics(metrics: WriterMetrics, host: str, port: int, stop: asyncio.Event) -> None:
-    """GET /metrics until `stop` is set."""
-    app = web.Application()
-    app.add_routes([web.get("/metrics", metrics.handle_metrics)])
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=METRICS_SHUTDOWN_SECONDS)
-    await runner.setup()
+    """GET /metrics until `stop` is set, from prometheus_client's own server (a thread): the
+    writer serves nothing else over HTTP, so it needs no web framework."""
+    server, thread = start_http_server(port, host, registry=metrics.registry)
     try:
-        await web.TCPSite(runner, host, port).start()
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await asyncio.to_thread(server.shutdown)  # waits out its poll interval: not on the loop
+        server.server_close()
+        thread.join()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.app import Services
 from gateway.keys import KeySpace
+from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME
 from gateway.settings import Settings
 from persistence.reconcile import reconcile
 from persistence.restore import RestoreRefused, restore
@@ -24,6 +25,8 @@ pytest_plugins = ("history_fixtures",)
 Drain = Callable[[], Awaitable[None]]
 TTL_TOLERANCE_MS = 60_000
 CLI_SECONDS_MAX = 60.0
+DISCONNECT_POLLS_MAX = 100
+DISCONNECT_POLL_SECONDS = 0.02
 # What restore rebuilds; sessions, launch tokens and streams it does not.
 RESTORED_KEY_KINDS = (
     "player",
@@ -67,6 +70,18 @@ async def operator_redis(settings: Settings) -> AsyncIterator[Redis]:
 async def stop_gateway(services: Services) -> None:
     """Its connections closed, as a stopped gateway's (the pool reconnects when used again)."""
     await services.redis.connection_pool.disconnect()
+    await until_disconnected(services.settings.redis_url, GATEWAY_CLIENT_NAME)
+
+
+async def until_disconnected(redis_url: str, client_name: str) -> None:
+    """Redis drops a closed client a moment after the client closed it: restore would still
+    see it live."""
+    async with Redis.from_url(redis_url, decode_responses=True) as redis:
+        for _ in range(DISCONNECT_POLLS_MAX):
+            if all(client["name"] != client_name for client in await redis.client_list()):
+                return
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    raise AssertionError(f"{client_name} still connected")
 
 
 async def snapshot_keys(services: Services) -> dict[str, tuple[Any, int]]:
@@ -237,6 +252,7 @@ async def test_restore_refuses_a_live_wallet_even_forced_and_says_what_is_live(
 
     # stopped and drained: refused only because Redis is not empty, unless forced
     await writer.close()
+    await until_disconnected(history_settings.redis_url, WRITER_CLIENT_NAME)
     with pytest.raises(RestoreRefused, match=r"Redis holds \d+ keys"):
         await restore(operator_redis, database_url, history_settings, force=False)
     report = await restore(operator_redis, database_url, history_settings, force=True)

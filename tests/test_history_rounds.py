@@ -13,10 +13,10 @@ from payloads import bet, close_round, rollback, win
 
 from gateway.app import Services
 from gateway.keys import KeySpace
+from gateway.support import SupportApi
 from persistence.batch import STAGING_DDL, HistoryBatch
 from persistence.rounds import provider_totals
 from persistence.streams import GROUP
-from persistence.support_api import SupportApi
 from persistence.writer import HistoryWriter
 
 pytest_plugins = ("history_fixtures",)

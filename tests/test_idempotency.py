@@ -8,8 +8,8 @@ import pytest
 from helpers import incident_metric, incidents, player_with_session, user_in_shard
 from payloads import bet, rollback, win
 
+from gateway.clock import now_ms
 from gateway.schemas import BetRequest
-from gateway.wallet import now_ms
 
 
 async def top_up(admin: Any, user_id: str, amount: int, reference: str) -> None:

@@ -1,0 +1,38 @@
+"""What a Redis failure means to the provider: "not now, retry" (503), the same answer whether
+the gateway's wallet or the history behind it could not tell."""
+
+import re
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# ConnectionError includes BusyLoadingError: Redis replaying its AOF after a restart
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Error replies that say "not now" (a script that gets one has written nothing: Redis refuses
+# it before its first write, or it is a read): read-only after a failover, loading, busy with
+# a long script, out of memory, refusing writes after a failed save, no replicas, cluster
+# trouble. The provider retries them like an unreachable Redis.
+REDIS_NOT_NOW_ERRORS = frozenset(
+    {"READONLY", "LOADING", "BUSY", "OOM", "MISCONF", "NOREPLICAS", "MASTERDOWN", "TRYAGAIN",
+     "CLUSTERDOWN"}
+)  # fmt: skip
+# Redis 6.2 reports a failed redis.call as "... @user_script: 1: -OOM command not allowed ..."
+SCRIPT_COMMAND_ERROR = re.compile(r"@user_script: ?\d+: -([A-Z]+) ")
+
+
+class WalletUnavailable(Exception):
+    """Redis, or the history behind it, did not answer: the call may or may not have run; the
+    provider retries (503)."""
+
+
+def is_not_now(error: ResponseError) -> bool:
+    """An error reply the provider should retry (503), by its error code: the reply's first
+    word, or inside a script's error the code of the command that failed. redis-py strips the
+    code of the replies it maps to classes of their own."""
+    if isinstance(error, ReadOnlyError | OutOfMemoryError):
+        return True
+    message = str(error)
+    in_script = SCRIPT_COMMAND_ERROR.search(message)
+    code = in_script.group(1) if in_script else message.split(" ", 1)[0]
+    return code in REDIS_NOT_NOW_ERRORS
