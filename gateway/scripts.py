@@ -6,7 +6,9 @@ from importlib.resources import files
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-MONEY_SCRIPTS = ("withdraw", "credit", "rollback", "close_round")
+from gateway.script_arguments import MONEY_SCRIPT_LAYOUTS
+
+MONEY_SCRIPTS = tuple(MONEY_SCRIPT_LAYOUTS)
 PLAIN_SCRIPTS = (
     "authenticate",
     "open_session",

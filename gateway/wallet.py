@@ -19,6 +19,16 @@ from gateway.coalesced_scripts import CoalescedScriptCalls
 from gateway.keys import KeySpace
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable, is_not_now
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
+from gateway.script_arguments import (
+    close_round_arguments,
+    close_round_keys,
+    money_common_arguments,
+    money_common_keys,
+    settle_arguments,
+    settle_keys,
+    withdraw_arguments,
+    withdraw_keys,
+)
 from gateway.scripts import Scripts
 from gateway.seen_filter import filter_offsets
 from gateway.settings import Settings
@@ -114,33 +124,53 @@ class Wallet:
         self,
         script_name: str,
         keys: list[str],
-        tx_fields: tuple[str, ...],
+        request: BetRequest | WinRequest | RollbackRequest | CloseRoundRequest,
         body: bytes,
-        extra_args: tuple[str | int, ...],
+        own_arguments: tuple[Any, ...],
+        *,
+        user_id: str,
+        amount_millis: int | None,
+        currency: str | None,
         bet_tx_id: str | None = None,
     ) -> WalletReply:
         """One money script; when it asks (LOOKUP_HISTORY), the history's records of these ids
         are brought back and it runs once more. Each script call has its deadline; the history's
         lookup too (persistence/records.py)."""
         script = getattr(self.scripts, script_name)
-        tx_id = tx_fields[0]
-        head = (
-            *tx_fields,
-            self._operator_tx_ids.next(),
-            self._retention_ms,
-            body,
-            filter_offsets(tx_id, self.settings.idempotency_filter_bits),
-        )
-        reply = WalletReply.from_script(
-            await self.run_script(script, keys, (*head, "", *extra_args))
-        )
+        tx_id = request.provider_tx_id
+
+        # computed once: a second run after LOOKUP_HISTORY is the same call
+        fingerprint = request.fingerprint()
+        called_ms = str(now_ms())
+        operator_tx_id = self._operator_tx_ids.next()
+        tx_offsets = filter_offsets(tx_id, self.settings.idempotency_filter_bits)
+
+        def arguments(history_checked: str) -> tuple[Any, ...]:
+            common = money_common_arguments(
+                provider_tx_id=tx_id,
+                user_id=user_id,
+                action=request.action,
+                amount="" if amount_millis is None else str(amount_millis),
+                currency=currency or "",
+                round_id=request.round_id,
+                game=request.game,
+                ref_id=bet_tx_id or "",
+                fingerprint=fingerprint,
+                now_ms=called_ms,
+                operator_tx_id=operator_tx_id,
+                retention_ms=self._retention_ms,
+                request_body=body,
+                tx_offsets=tx_offsets,
+                history_checked=history_checked,
+            )
+            return (*common, *own_arguments)
+
+        reply = WalletReply.from_script(await self.run_script(script, keys, arguments("")))
         if reply.outcome == LOOKUP_HISTORY:
             if self.history is None:
                 raise WalletUnavailable("a record left Redis and there is no history")
             await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-            reply = WalletReply.from_script(
-                await self.run_script(script, keys, (*head, "1", *extra_args))
-            )
+            reply = WalletReply.from_script(await self.run_script(script, keys, arguments("1")))
         assert reply.outcome != LOOKUP_HISTORY, "a script asked for the history twice"
         return reply
 
@@ -154,35 +184,14 @@ class Wallet:
                 raise WalletUnavailable(str(exc)) from exc
             raise
 
-    def _common_keys(self, shard: int, provider_tx_id: str) -> list[str]:
+    def _common_keys(self, shard: int, provider_tx_id: str) -> tuple[str, ...]:
         keys = self.keys
         tx_shard = keys.shard(provider_tx_id)
-        return [
-            keys.tx(shard, provider_tx_id),
-            keys.tx_owner(tx_shard, provider_tx_id),
-            keys.events(shard),
-            keys.seen_filter(tx_shard),
-        ]
-
-    @staticmethod
-    def _tx_fields(
-        request: BetRequest | WinRequest | RollbackRequest | CloseRoundRequest,
-        user_id: str,
-        amount_millis: int | None,
-        currency: str | None,
-        bet_tx_id: str | None,
-    ) -> tuple[str, ...]:
-        return (
-            request.provider_tx_id,
-            user_id,
-            request.action,
-            "" if amount_millis is None else str(amount_millis),
-            currency or "",
-            request.round_id,
-            request.game,
-            bet_tx_id or "",
-            request.fingerprint(),
-            str(now_ms()),
+        return money_common_keys(
+            record=keys.tx(shard, provider_tx_id),
+            tx_owner=keys.tx_owner(tx_shard, provider_tx_id),
+            events=keys.events(shard),
+            seen_filter=keys.seen_filter(tx_shard),
         )
 
     async def debit_bet(self, request: BetRequest, body: bytes) -> WalletReply:
@@ -192,22 +201,25 @@ class Wallet:
             "withdraw",
             [
                 *self._common_keys(shard, request.provider_tx_id),
-                keys.player(shard, request.user_id),
-                keys.session(shard, request.session_token),
-                keys.live_session(shard, request.user_id),
-                keys.tombstone(shard, request.provider_tx_id),
-                keys.early_win(shard, request.provider_tx_id),
+                *withdraw_keys(
+                    player=keys.player(shard, request.user_id),
+                    session=keys.session(shard, request.session_token),
+                    live_session=keys.live_session(shard, request.user_id),
+                    tombstone=keys.tombstone(shard, request.provider_tx_id),
+                    early_win=keys.early_win(shard, request.provider_tx_id),
+                ),
             ],
-            self._tx_fields(
-                request, request.user_id, request.amount_millis, request.currency, None
-            ),
+            request,
             body,
-            (
-                request.session_token,
-                self.session_idle_ms,
-                self.settings.default_maxbet_millis,
-                self.session_ttl_ms,
+            withdraw_arguments(
+                session_token=request.session_token,
+                session_idle_ms=self.session_idle_ms,
+                default_maxbet_millis=self.settings.default_maxbet_millis,
+                session_ttl_ms=self.session_ttl_ms,
             ),
+            user_id=request.user_id,
+            amount_millis=request.amount_millis,
+            currency=request.currency,
         )
 
     async def settle_bet(self, request: WinRequest | RollbackRequest, body: bytes) -> WalletReply:
@@ -221,24 +233,25 @@ class Wallet:
             "rollback" if isinstance(request, RollbackRequest) else "credit",
             [
                 *self._common_keys(shard, request.provider_tx_id),
-                keys.player(shard, request.user_id),
-                keys.tx(shard, bet_tx_id),
-                keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
-                keys.incidents(shard),
-                keys.tombstone(shard, bet_tx_id),
-                keys.early_win(shard, bet_tx_id),
-                keys.seen_filter(keys.shard(bet_tx_id)),
+                *settle_keys(
+                    player=keys.player(shard, request.user_id),
+                    bet_record=keys.tx(shard, bet_tx_id),
+                    bet_owner=keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
+                    incidents=keys.incidents(shard),
+                    tombstone=keys.tombstone(shard, bet_tx_id),
+                    early_win=keys.early_win(shard, bet_tx_id),
+                    bet_seen_filter=keys.seen_filter(keys.shard(bet_tx_id)),
+                ),
             ],
-            self._tx_fields(
-                request,
-                request.user_id,
-                request.amount_millis,
-                request.currency,
-                request.bet_tx_id,
-            ),
+            request,
             body,
-            (filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else "",),
-            request.bet_tx_id,
+            settle_arguments(
+                bet_offsets=filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else ""
+            ),
+            user_id=request.user_id,
+            amount_millis=request.amount_millis,
+            currency=request.currency,
+            bet_tx_id=request.bet_tx_id,
         )
 
     async def close_round(self, request: CloseRoundRequest, body: bytes) -> WalletReply:
@@ -247,14 +260,17 @@ class Wallet:
             "close_round",
             [
                 *self._common_keys(shard, request.provider_tx_id),
-                self.keys.round_closed(shard, request.round_id),
+                *close_round_keys(round_closed=self.keys.round_closed(shard, request.round_id)),
             ],
-            self._tx_fields(request, "", 0, None, None),
+            request,
             body,
-            (
-                orjson.dumps(request.stakes_millis).decode(),
-                orjson.dumps(request.cash_out_coefficients).decode(),
+            close_round_arguments(
+                stakes=orjson.dumps(request.stakes_millis).decode(),
+                coefficients=orjson.dumps(request.cash_out_coefficients).decode(),
             ),
+            user_id="",
+            amount_millis=0,
+            currency=None,
         )
 
     async def get_player(self, user_id: str) -> Player | None:

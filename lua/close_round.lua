@@ -1,5 +1,5 @@
--- CLOSE_ROUND: no money moves. Lives in the shard of its round. KEYS[5] round-closed marker.
--- ARGV[16] stakes (JSON array of millis), ARGV[17] cash-out coefficients (JSON array of text).
+-- CLOSE_ROUND: no money moves. Lives in the shard of its round. KEYS[5] round_closed (marker).
+-- ARGV[16] stakes (JSON array of millis), ARGV[17] coefficients (cash-out, JSON array of text).
 local seen = replay_or_conflict()
 if seen then return seen end
 local looked_up = remember_or_look_up()

@@ -1,13 +1,15 @@
 -- Shared by every money script (prepended at load time; Redis has no `require`).
--- KEYS[1] idempotency record (only what replay, settlement and reconcile read: see finish()),
--- KEYS[2] tx-id owner, KEYS[3] the shard's event stream (every field of the call),
--- KEYS[4] the seen-id filter of the tx id's shard; KEYS[5..] belong to each script.
--- ARGV: 1 provider_tx_id, 2 user_id, 3 action, 4 amount, 5 currency, 6 round_id, 7 game,
---       8 referenced bet tx id, 9 fingerprint, 10 now_ms, 11 operator_tx_id, 12 retention_ms,
---       13 raw request body, 14 the tx id's four bit offsets in the seen-id filter ("a b c d"),
---       15 '1' once the gateway has brought back from the history whatever it holds of these
---       ids; ARGV[16..] belong to each script (credit and rollback: 16 the referenced bet's
---       offsets). Absent values are ''.
+-- KEYS and ARGV: gateway/script_arguments.py MoneyCommonKeys and MoneyCommonArguments.
+-- KEYS[1] record (the idempotency record: only what replay, settlement and reconcile read, see
+-- finish()), KEYS[2] tx_owner (of the tx id), KEYS[3] events (the shard's stream: every field of
+-- the call), KEYS[4] seen_filter (of the tx id's shard); KEYS[5..] belong to each script.
+-- ARGV[1] provider_tx_id, ARGV[2] user_id, ARGV[3] action, ARGV[4] amount, ARGV[5] currency,
+--   ARGV[6] round_id, ARGV[7] game, ARGV[8] ref_id (the referenced bet's tx id),
+--   ARGV[9] fingerprint, ARGV[10] now_ms, ARGV[11] operator_tx_id, ARGV[12] retention_ms,
+--   ARGV[13] request_body (raw), ARGV[14] tx_offsets (the tx id's four bit offsets in the
+--   seen-id filter, "a b c d"), ARGV[15] history_checked ('1' once the gateway has brought back
+--   from the history whatever it holds of these ids); ARGV[16..] belong to each script.
+--   Absent values are ''.
 -- Reply: {outcome, new_balance, operator_tx_id, currency, replayed (0|1)}.
 --
 -- All or nothing: Redis keeps every write a script made before a command errors, so each
@@ -85,7 +87,7 @@ end
 
 -- A referenced bet of which the hot wallet holds nothing (no record, no owner): never seen
 -- (nil), or seen and gone (LOOKUP_HISTORY: it comes back from the history before the call is
--- decided). `ref_offsets`: its offsets, ARGV[16] of credit and rollback.
+-- decided). `ref_offsets`: its offsets (bet_offsets of credit and rollback).
 local function lookup_expired_bet(ref_filter_key, ref_offsets, bet_owner)
   if not bet_owner and history_checked ~= '1' and all_set(filter_get(ref_filter_key, ref_offsets))
   then
@@ -105,7 +107,8 @@ end
 -- outcome, balance, op, currency), settlement of a bet (action, stake, state) and reconcile
 -- (outcome, fp); short values keep it in Redis' compact hash encoding. The event carries every
 -- field, the raw request body included. `extra` adds fields to both (stake/state,
--- incident...), `event_extra` (optional) to the event only.
+-- incident...), `event_extra` (optional) to the event only. The event's fields are declared in
+-- persistence/events.py (TxEvent, TxEventExtras); tests/test_event_fields.py compares.
 local function finish(outcome, balance, currency, delta, extra, event_extra)
   local balance_text = int_text(balance)
   local record = {

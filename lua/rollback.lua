@@ -1,7 +1,8 @@
--- ROLL_BACK of the bet ref_id. KEYS[5] player, KEYS[6] record of the referenced bet,
--- KEYS[7] owner of the referenced bet id, KEYS[8] incidents list, KEYS[9] tombstone of the bet,
--- KEYS[10] early-win marker of the bet, KEYS[11] seen-id filter of the bet id's shard.
--- ARGV[16] the bet id's offsets in that filter.
+-- ROLL_BACK of the bet ref_id. KEYS[5] player, KEYS[6] bet_record (the referenced
+-- bet's, player's shard), KEYS[7] bet_owner (of the referenced bet id), KEYS[8] incidents (list),
+-- KEYS[9] tombstone (of the bet), KEYS[10] early_win (marker of the bet),
+-- KEYS[11] bet_seen_filter (the seen-id filter of the bet id's shard).
+-- ARGV[16] bet_offsets (the bet id's offsets in that filter).
 local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
       bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local bet_offsets = ARGV[16]

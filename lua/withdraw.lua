@@ -1,7 +1,8 @@
--- BET / FREE_BET. KEYS[5] player, KEYS[6] session, KEYS[7] player's live-session pointer,
--- KEYS[8] rollback tombstone of this tx id, KEYS[9] early-win marker of this tx id.
--- ARGV[16] session_token, ARGV[17] session idle limit ms, ARGV[18] default maxbet millis,
--- ARGV[19] session record ttl ms.
+-- BET / FREE_BET. KEYS[5] player, KEYS[6] session, KEYS[7] live_session (the player's
+-- live-session pointer), KEYS[8] tombstone (a rollback's, of this tx id), KEYS[9] early_win
+-- (marker of this tx id).
+-- ARGV[16] session_token, ARGV[17] session_idle_ms (idle limit), ARGV[18] default_maxbet_millis,
+-- ARGV[19] session_ttl_ms (how long the session record lives).
 local player_key, session_key, live_session_key, tombstone_key, early_win_key =
   KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 16, 19)

@@ -18,6 +18,19 @@ from typing import Any
 import asyncpg
 import orjson
 
+from persistence.events import (
+    ADJUSTMENT,
+    ADJUSTMENT_KIND,
+    ADJUSTMENT_REFUSED,
+    ADJUSTMENT_REFUSED_KIND,
+    PLAYER,
+    PLAYER_KIND,
+    SESSION,
+    SESSION_KIND,
+    TX,
+    TX_EXTRAS,
+    TX_KIND,
+)
 from persistence.rounds import RoundClose, provider_totals, record_round_closes
 from persistence.streams import stream_id_ms
 
@@ -184,7 +197,7 @@ async def quarantine(
     stream, entry_id, fields = entry
     await connection.execute(
         INSERT_QUARANTINED, stream, entry_id, raw_fields(fields), reason,
-        storable_text(fields.get("tx")),
+        storable_text(fields.get(TX.tx)),
     )  # fmt: skip
     if incident is None:
         details = orjson.dumps({"stream": stream, "stream_id": entry_id, "reason": reason})
@@ -229,13 +242,15 @@ def _optional_text(fields: dict[str, str], name: str) -> str | None:
 
 
 def _created_at(fields: dict[str, str]) -> datetime:
-    return ms_to_datetime(_integer(fields, "ts"))
+    # every kind names its time `ts`, as a tx event does
+    return ms_to_datetime(_integer(fields, TX.ts))
 
 
 def _round_close(entry_id: str, fields: dict[str, str]) -> RoundClose:
     try:
-        stakes = orjson.loads(_field(fields, "stakes"))
-        coefficients = [Decimal(text) for text in orjson.loads(_field(fields, "coefficients"))]
+        stakes = orjson.loads(_field(fields, TX_EXTRAS.stakes))
+        coefficient_texts = orjson.loads(_field(fields, TX_EXTRAS.coefficients))
+        coefficients = [Decimal(text) for text in coefficient_texts]
     except (orjson.JSONDecodeError, InvalidOperation, TypeError) as exc:
         raise CorruptEvent(f"stakes or coefficients do not decode: {exc}") from None
     if not all(type(stake) is int and 0 <= stake <= BIGINT_MAX for stake in stakes):
@@ -259,9 +274,9 @@ def _round_close(entry_id: str, fields: dict[str, str]) -> RoundClose:
     if max(totals.staked_millis, totals.paid_millis) > BIGINT_MAX:
         raise CorruptEvent("the provider's round totals do not fit a bigint of millis")
     return RoundClose(
-        round_id=_field(fields, "round"),
-        close_tx_id=_field(fields, "tx"),
-        game=_field(fields, "game"),
+        round_id=_field(fields, TX.round),
+        close_tx_id=_field(fields, TX.tx),
+        game=_field(fields, TX.game),
         stakes=tuple(stakes),
         coefficients=tuple(coefficients),
         provider=totals,
@@ -289,7 +304,7 @@ class HistoryBatch:
         for stream, entry_id, fields in entries:
             try:
                 batch._add(entry_id, fields)
-                if fields.get("kind") == "tx":
+                if fields.get(TX.kind) == TX_KIND:
                     batch.tx_entries[entry_id] = (stream, entry_id, fields)
             except CorruptEvent as exc:
                 log.error("rejected stream entry %s %s: %s", stream, entry_id, exc)
@@ -297,51 +312,51 @@ class HistoryBatch:
         return batch
 
     def _add(self, entry_id: str, fields: dict[str, str]) -> None:
-        kind = fields.get("kind")
-        if kind == "tx":
+        kind = fields.get(TX.kind)
+        if kind == TX_KIND:
             self._add_transaction(entry_id, fields)
-        elif kind == "player":
-            maxbet = _optional_integer(fields, "maxbet")
+        elif kind == PLAYER_KIND:
+            maxbet = _optional_integer(fields, PLAYER.maxbet)
             self.players.append(
                 (
-                    _field(fields, "user"),
-                    _field(fields, "currency"),
-                    _field(fields, "username"),
-                    _integer(fields, "balance"),
+                    _field(fields, PLAYER.user),
+                    _field(fields, PLAYER.currency),
+                    _field(fields, PLAYER.username),
+                    _integer(fields, PLAYER.balance),
                     maxbet,
                     _created_at(fields),
                     entry_id,
                 )
             )
-        elif kind == "adjustment":
+        elif kind == ADJUSTMENT_KIND:
             self.adjustments.append(
                 (
-                    _field(fields, "reference"),
-                    _field(fields, "user"),
-                    _integer(fields, "amount"),
-                    _integer(fields, "balance"),
+                    _field(fields, ADJUSTMENT.reference),
+                    _field(fields, ADJUSTMENT.user),
+                    _integer(fields, ADJUSTMENT.amount),
+                    _integer(fields, ADJUSTMENT.balance),
                     _created_at(fields),
                     entry_id,
                 )
             )
-        elif kind == "adjustment_refused":
+        elif kind == ADJUSTMENT_REFUSED_KIND:
             self.refused_adjustments.append(
                 (
-                    _field(fields, "reference"),
-                    _field(fields, "user"),
-                    _integer(fields, "amount"),
-                    _integer(fields, "balance"),
-                    _field(fields, "outcome"),
+                    _field(fields, ADJUSTMENT_REFUSED.reference),
+                    _field(fields, ADJUSTMENT_REFUSED.user),
+                    _integer(fields, ADJUSTMENT_REFUSED.amount),
+                    _integer(fields, ADJUSTMENT_REFUSED.balance),
+                    _field(fields, ADJUSTMENT_REFUSED.outcome),
                     _created_at(fields),
                     entry_id,
                 )
             )
-        elif kind == "session":
+        elif kind == SESSION_KIND:
             self.sessions.append(
                 (
-                    _field(fields, "user"),
-                    _field(fields, "session"),
-                    _field(fields, "source"),
+                    _field(fields, SESSION.user),
+                    _field(fields, SESSION.session),
+                    _field(fields, SESSION.source),
                     _created_at(fields),
                     entry_id,
                 )
@@ -350,35 +365,35 @@ class HistoryBatch:
             raise CorruptEvent(f"unknown event kind {kind!r}")
 
     def _add_transaction(self, entry_id: str, fields: dict[str, str]) -> None:
-        action = _field(fields, "action")
-        outcome = _field(fields, "outcome")
+        action = _field(fields, TX.action)
+        outcome = _field(fields, TX.outcome)
         if action == "CLOSE_ROUND" and outcome == "OK":
             self.closes.append(_round_close(entry_id, fields))
-        incident = fields.get("incident") or None
+        incident = fields.get(TX_EXTRAS.incident) or None
         self.incidents += incident is not None
         self.transactions.append(
             (
-                _field(fields, "tx"),
-                _optional_text(fields, "user"),
+                _field(fields, TX.tx),
+                _optional_text(fields, TX.user),
                 action,
-                _optional_integer(fields, "amount"),
-                _integer(fields, "delta"),
-                _integer(fields, "balance"),
-                _optional_text(fields, "currency"),
-                _field(fields, "round"),
-                _field(fields, "game"),
-                _optional_text(fields, "ref"),
+                _optional_integer(fields, TX.amount),
+                _integer(fields, TX.delta),
+                _integer(fields, TX.balance),
+                _optional_text(fields, TX.currency),
+                _field(fields, TX.round),
+                _field(fields, TX.game),
+                _optional_text(fields, TX.ref),
                 outcome,
-                _field(fields, "op"),
-                _field(fields, "fp"),
-                fields.get("state") or None,
+                _field(fields, TX.op),
+                _field(fields, TX.fp),
+                fields.get(TX_EXTRAS.state) or None,
                 incident,
-                fields.get("tombstone") == "1",
-                fields.get("early_win") == "1",
-                _field(fields, "req"),
+                fields.get(TX_EXTRAS.tombstone) == "1",
+                fields.get(TX_EXTRAS.early_win) == "1",
+                _field(fields, TX.req),
                 _created_at(fields),
                 entry_id,
-                fields.get("recorded"),
+                fields.get(TX_EXTRAS.recorded),
             )
         )
 

@@ -25,8 +25,8 @@ from persistence.postgres import PG_UNREACHABLE
 from persistence.streams import read_progress
 
 # Each record as restore rebuilds it: the transaction, its bet's state now, its round.
-# A bet's state as the scripts leave it: 'rolledback' once a ROLL_BACK applied to it (not a
-# tombstone one: that bet did not exist yet); else 'won' if it was stored so (its WIN came
+# A bet's state as the scripts leave it: 'rolledback' once a ROLL_BACK refunded it
+# (rolled_back_bets, migration 003); else 'won' if it was stored so (its WIN came
 # first) or once a later WIN applied naming it; else as stored. The WIN and ROLL_BACK come
 # from the same player's shard stream as the bet, so stream order is call order.
 TRANSACTION_RECORDS = """
@@ -35,9 +35,8 @@ SELECT t.provider_tx_id, t.user_id, t.action, t.amount, t.balance_after, t.curre
        t.incident, t.tombstone, t.early_win, t.created_at,
        CASE WHEN t.action IN ('BET', 'FREE_BET') THEN
            CASE WHEN EXISTS (
-                    SELECT 1 FROM transactions r
-                    WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id
-                      AND r.action = 'ROLL_BACK' AND r.outcome = 'OK' AND NOT r.tombstone)
+                    SELECT 1 FROM rolled_back_bets r
+                    WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id)
                 THEN 'rolledback'
                 WHEN t.state = 'won' OR EXISTS (
                     SELECT 1 FROM transactions w

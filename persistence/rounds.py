@@ -92,17 +92,15 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (round_id) DO NOTHING
 """
 
-# Our ledger of a round: bets applied and not rolled back (a tombstone rollback refunded
-# nothing, so it does not count), and wins applied.
+# Our ledger of a round: bets applied and not rolled back (rolled_back_bets, migration 003),
+# and wins applied.
 LEDGER_TOTALS = """
 WITH bets AS (
     SELECT bet.amount FROM transactions bet
     WHERE bet.round_id = $1 AND bet.action IN ('BET', 'FREE_BET') AND bet.outcome = 'OK'
       AND NOT EXISTS (
-          SELECT 1 FROM transactions rollback
-          WHERE rollback.bet_tx_id = bet.provider_tx_id AND rollback.user_id = bet.user_id
-            AND rollback.action = 'ROLL_BACK' AND rollback.outcome = 'OK'
-            AND NOT rollback.tombstone)
+          SELECT 1 FROM rolled_back_bets r
+          WHERE r.bet_tx_id = bet.provider_tx_id AND r.user_id = bet.user_id)
 )
 SELECT (SELECT count(*) FROM bets)::integer AS bets_count,
        (SELECT coalesce(sum(amount), 0) FROM bets)::bigint AS staked,

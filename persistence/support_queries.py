@@ -32,9 +32,8 @@ LIMIT $4
 
 ROUND_TRANSACTIONS = f"""
 SELECT {TRANSACTION_COLUMNS},
-       EXISTS (SELECT 1 FROM transactions r
-               WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id
-                 AND r.action = 'ROLL_BACK' AND r.outcome = 'OK' AND NOT r.tombstone)
+       EXISTS (SELECT 1 FROM rolled_back_bets r
+               WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id)
        AS rolled_back
 FROM transactions t
 WHERE round_id = $1

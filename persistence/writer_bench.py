@@ -31,6 +31,7 @@ from gateway.keys import KeySpace
 from gateway.redis_connection import connect_background_redis
 from gateway.schemas import fingerprint
 from gateway.settings import Settings
+from persistence.events import PLAYER_KIND, TX_EXTRAS, TX_KIND, PlayerEvent, TxEvent
 from persistence.postgres import connect_postgres
 from persistence.schema import migrate
 from persistence.writer import BATCH_EVENTS_MAX, HistoryWriter, WriterLimits
@@ -70,26 +71,26 @@ def tx_event(n: int, user_id: str, now_ms: int) -> dict[str, str]:
         "action": action,
         **({"withdraw_provider_tx_id": ref} if ref else {}),
     }
-    fields = {
-        "kind": "tx",
-        "tx": tx,
-        "fp": fingerprint(action, user_id, 1000, "USD", f"round-{n // 50}", ref, "aviadrone"),
-        "outcome": outcome,
-        "balance": str(10**9 - n),
-        "op": f"bench-op-{n}",
-        "currency": "USD",
-        "user": user_id,
-        "action": action,
-        "amount": "1000",
-        "delta": delta,
-        "round": f"round-{n // 50}",
-        "game": "aviadrone",
-        "ref": ref,
-        "ts": str(now_ms),
-        "req": orjson.dumps(request).decode(),
-    }
+    fields = TxEvent(
+        kind=TX_KIND,
+        tx=tx,
+        fp=fingerprint(action, user_id, 1000, "USD", f"round-{n // 50}", ref, "aviadrone"),
+        outcome=outcome,
+        balance=str(10**9 - n),
+        op=f"bench-op-{n}",
+        currency="USD",
+        user=user_id,
+        action=action,
+        amount="1000",
+        delta=delta,
+        round=f"round-{n // 50}",
+        game="aviadrone",
+        ref=ref,
+        ts=str(now_ms),
+        req=orjson.dumps(request).decode(),
+    )._asdict()
     if action == "BET":
-        fields |= {"stake": "1000", "state": "open"}
+        fields |= {TX_EXTRAS.stake: "1000", TX_EXTRAS.state: "open"}
     return fields
 
 
@@ -103,15 +104,15 @@ async def fill_streams(redis_url: str, shards: int, events: int) -> int:
         entries: list[tuple[str, dict[str, str]]] = [
             (
                 keys.events(keys.shard(user_id)),
-                {
-                    "kind": "player",
-                    "user": user_id,
-                    "currency": "USD",
-                    "username": user_id,
-                    "balance": str(10**9),
-                    "maxbet": "",
-                    "ts": str(now_ms),
-                },
+                PlayerEvent(
+                    kind=PLAYER_KIND,
+                    user=user_id,
+                    currency="USD",
+                    username=user_id,
+                    balance=str(10**9),
+                    maxbet="",
+                    ts=str(now_ms),
+                )._asdict(),
             )
             for user_id in players
         ]

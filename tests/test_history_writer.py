@@ -103,7 +103,7 @@ async def test_migrate_applies_each_migration_once(database_url: str) -> None:
     finally:
         await connection.close()
     assert names == [name for name, _ in migration_files()]
-    assert names[:2] == ["001_initial.sql", "002_quarantine.sql"]
+    assert names[:3] == ["001_initial.sql", "002_quarantine.sql", "003_rolled_back_bets.sql"]
 
 
 async def test_every_event_kind_is_written_once_even_when_delivered_twice(
