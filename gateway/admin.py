@@ -2,8 +2,8 @@
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from gateway.callbacks import report_internal_error, respond
@@ -13,12 +13,12 @@ from gateway.operations import PUBLIC_PATHS
 from gateway.outcomes import OK
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
-    AMOUNT_MILLIS_MAX,
+    AdjustmentRequest,
+    CreatePlayerRequest,
     InvalidRequest,
-    currency,
+    LaunchRequestBody,
+    OpenSessionRequest,
     decode_object,
-    identifier,
-    optional_money_millis,
     refuse_unstorable,
 )
 from gateway.sessions import Sessions, new_token
@@ -75,20 +75,6 @@ async def storable_parameters(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-def _one_of(payload: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
-    value = payload.get(field)
-    if value not in allowed:
-        raise InvalidRequest(f"{field} must be one of {', '.join(allowed)}")
-    return value
-
-
-def _optional_maxbet(payload: dict[str, Any]) -> int | None:
-    maxbet = optional_money_millis(payload, "maxbet")
-    if maxbet == 0:
-        raise InvalidRequest("maxbet must be at least 1 (a limit of 0 would refuse every bet)")
-    return maxbet
-
-
 class AdminApi:
     def __init__(
         self, wallet: Wallet, sessions: Sessions, launch_client: LaunchClient, metrics: Metrics
@@ -109,21 +95,17 @@ class AdminApi:
         ]
 
     async def create_player(self, request: web.Request) -> web.Response:
-        payload = decode_object(await request.read())
-        user_id = identifier(payload, "user_id")
-        username = payload.get("username", user_id)
-        if not isinstance(username, str):
-            raise InvalidRequest("username must be a string")
+        body = CreatePlayerRequest.parse(decode_object(await request.read()))
         outcome = await self.wallet.create_player(
-            user_id,
-            currency(payload),
-            username,
-            optional_money_millis(payload, "balance") or 0,
-            _optional_maxbet(payload),
+            body.user_id,
+            body.currency,
+            body.user_id if body.username is msgspec.UNSET else body.username,
+            body.balance_millis or 0,
+            body.maxbet_millis,
         )
         if outcome != OK:
             return respond(outcome)
-        player = await self.wallet.get_player(user_id)
+        player = await self.wallet.get_player(body.user_id)
         assert player is not None, "a player just created must exist"
         return respond("CREATED", player.as_dict())
 
@@ -134,21 +116,16 @@ class AdminApi:
         return respond(OK, player.as_dict())
 
     async def adjust_balance(self, request: web.Request) -> web.Response:
-        payload = decode_object(await request.read())
-        amount = payload.get("amount")
-        if type(amount) is not int or amount == 0 or abs(amount) > AMOUNT_MILLIS_MAX:
-            raise InvalidRequest(
-                f"amount must be a non-zero integer of millis, |amount| <= {AMOUNT_MILLIS_MAX}"
-            )
+        body = AdjustmentRequest.parse(decode_object(await request.read()))
         outcome, balance = await self.wallet.adjust_balance(
-            request.match_info["user_id"], amount, identifier(payload, "reference")
+            request.match_info["user_id"], body.amount_millis, body.reference
         )
         self.metrics.observe_outcome(outcome)  # BALANCE_LIMIT is an incident here too
         return respond(outcome, {"balance": balance})
 
     async def open_session(self, request: web.Request) -> web.Response:
         """A session opened directly (development and tests), plus a fresh one-time token."""
-        user_id = identifier(decode_object(await request.read()), "user_id")
+        user_id = OpenSessionRequest.parse(decode_object(await request.read())).user_id
         session_token = new_token()
         outcome = await self.sessions.open_session(user_id, session_token, "admin")
         if outcome != OK:
@@ -157,20 +134,20 @@ class AdminApi:
         return respond("CREATED", {"session_token": session_token, "user_token": user_token})
 
     async def launch(self, request: web.Request) -> web.Response:
-        payload = decode_object(await request.read())
-        user_id = identifier(payload, "user_id")
+        body = LaunchRequestBody.parse(decode_object(await request.read()))
+        user_id = body.user_id
         player = await self.wallet.get_player(user_id)
         if player is None:
             return respond("UNKNOWN_USER")
         user_token = await self.sessions.issue_user_token(user_id)
         launch_request = LaunchRequest(
-            game=identifier(payload, "game"),
+            game=body.game,
             user_token=user_token,
             currency=player.currency,
-            platform=_one_of(payload, "platform", ("mobile", "desktop")),
-            portal_mode=_one_of(payload, "portal_mode", ("real", "demo")),
-            return_url=identifier(payload, "return_url"),
-            language=identifier(payload, "language"),
+            platform=body.platform,
+            portal_mode=body.portal_mode,
+            return_url=body.return_url,
+            language=body.language,
         )
         try:
             launch = await self.launch_client.launch(launch_request)

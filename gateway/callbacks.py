@@ -21,8 +21,6 @@ from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
     BET_ACTIONS,
     DEPOSIT_ACTIONS,
-    ROLLBACK_ACTION,
-    WIN_ACTIONS,
     AuthRequest,
     BalanceRequest,
     BetRequest,
@@ -30,8 +28,8 @@ from gateway.schemas import (
     InvalidRequest,
     RollbackRequest,
     WinRequest,
-    action_of,
     decode_object,
+    deposit_model,
     is_action,
 )
 from gateway.sessions import Sessions
@@ -199,13 +197,10 @@ class Callbacks:
         return money_answer(await self.wallet.debit_bet(request, body), request)
 
     async def deposit(self, payload: dict[str, Any], body: bytes) -> Answer:
-        action = action_of(payload, DEPOSIT_ACTIONS)
-        if action in WIN_ACTIONS:
-            win = WinRequest.parse(payload)
-            return money_answer(await self.wallet.settle_bet(win, body), win)
-        if action == ROLLBACK_ACTION:
-            rollback = RollbackRequest.parse(payload)
-            return money_answer(await self.wallet.settle_bet(rollback, body), rollback)
+        model = deposit_model(payload)
+        if model is not CloseRoundRequest:
+            settlement = model.parse(payload)
+            return money_answer(await self.wallet.settle_bet(settlement, body), settlement)
         close = CloseRoundRequest.parse(decode_object(body, exact_decimals=True))
         reply = await self.wallet.close_round(close, body)
         return wallet_answer(

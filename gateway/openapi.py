@@ -1,23 +1,24 @@
 """The OpenAPI 3.1 description of both listeners: the provider's four signed callbacks and the
 operator's admin API. Served as `/openapi.json` on the admin listener.
 
-Built in code so that its limits, actions and messages are the ones the gateway enforces;
+Built in code so that its limits, actions and messages are the ones the gateway enforces: every
+request schema is generated from the model that validates it (gateway/schemas.py);
 tests/test_openapi.py checks real responses of the running app against it.
 """
 
 from typing import Any
 
+import msgspec
+
 from gateway.callbacks import BODY_BYTES_MAX
 from gateway.outcomes import INCIDENT_OUTCOMES, OUTCOMES
 from gateway.schemas import (
-    AMOUNT_MILLIS_MAX,
-    BET_ACTIONS,
-    CLOSE_ROUND_ACTION,
-    COEFFICIENTS_ATTRIBUTE,
-    IDENTIFIER_CHARS_MAX,
-    ROLLBACK_ACTION,
-    STAKES_ATTRIBUTE,
-    WIN_ACTIONS,
+    ADMIN_REQUESTS,
+    CALLBACK_REQUESTS,
+    DEPOSIT_MODELS,
+    Currency,
+    IdentifierText,
+    MoneyMillis,
 )
 
 OPENAPI_VERSION = "3.1.0"
@@ -64,11 +65,6 @@ def _object(
     if closed:
         schema["additionalProperties"] = False
     return schema
-
-
-def _request_object(properties: dict[str, Any], required: tuple[str, ...]) -> dict[str, Any]:
-    # The provider may add fields: unknown ones are ignored (PROTOCOL.md §1).
-    return _object(properties, required, closed=False)
 
 
 def _messages_of(status: int) -> list[str]:
@@ -131,156 +127,33 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
     }
 
 
-def _components() -> dict[str, Any]:
-    identifier_text = {"type": "string", "minLength": 1, "maxLength": IDENTIFIER_CHARS_MAX}
-    money = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MILLIS_MAX}
-    identifier = _schema("Identifier")
-    currency = _schema("Currency")
-    attribute_values = {
-        "description": 'a native array, or a string holding its JSON (`"[0,2.35]"`)',
-        "anyOf": [{"type": "array"}, {"type": "string"}],
+def _request_schemas() -> dict[str, Any]:
+    """From the models that validate them; /deposit's `action` picks one of three."""
+    _, schemas = msgspec.json.schema_components(
+        (*CALLBACK_REQUESTS, *ADMIN_REQUESTS), ref_template="#/components/schemas/{name}"
+    )
+    deposit_names = {action: model.__name__ for action, model in DEPOSIT_MODELS.items()}
+    schemas["DepositRequest"] = {
+        "oneOf": [_schema(name) for name in dict.fromkeys(deposit_names.values())],
+        "discriminator": {
+            "propertyName": "action",
+            "mapping": {
+                action: f"#/components/schemas/{name}" for action, name in deposit_names.items()
+            },
+        },
     }
-    attribute_names = (COEFFICIENTS_ATTRIBUTE, STAKES_ATTRIBUTE)
+    return schemas
+
+
+def _components() -> dict[str, Any]:
+    money = msgspec.json.schema(MoneyMillis)
+    money.pop("description")  # the bounds only: its description speaks of requests
+    currency = _schema("Currency")
     schemas: dict[str, Any] = {
-        "Identifier": {
-            "description": f"1..{IDENTIFIER_CHARS_MAX} printable characters; a JSON integer "
-            "is accepted and normalised to its decimal string",
-            "anyOf": [identifier_text, {"type": "integer"}],
-        },
-        "IdentifierText": identifier_text,
-        "MoneyMillis": {
-            **money,
-            "description": "integer millis (1/1000 of the currency unit: 5.44 USD is 5440); a "
-            "float (even 10.0), a numeric string or a boolean is a 400",
-        },
+        "IdentifierText": msgspec.json.schema(IdentifierText),
         "BalanceMillis": {"type": "integer", "minimum": 0, "description": "millis"},
-        "Currency": {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217"},
-        "AuthRequest": _request_object(
-            {
-                "session_token": identifier,
-                "user_token": {
-                    **identifier,
-                    "description": "the one-time launch token; binds an unknown session_token "
-                    "to its player",
-                },
-                "platform": {"type": "string"},
-                "currency": currency,
-                "game": {"type": "string"},
-            },
-            ("session_token",),
-        ),
-        "BetRequest": _request_object(
-            {
-                "user_id": identifier,
-                "session_token": identifier,
-                "amount": {
-                    **_schema("MoneyMillis"),
-                    "description": "stake; at least 1 for BET, at most the player's maxbet",
-                },
-                "currency": currency,
-                "provider_tx_id": {**identifier, "description": "the idempotency key"},
-                "round_id": identifier,
-                "game": identifier,
-                "action": {
-                    "enum": sorted(BET_ACTIONS),
-                    "description": "FREE_BET is recorded but does not move the real balance",
-                },
-                "action_id": {},
-                "platform": {"type": "string"},
-            },
-            (
-                "user_id",
-                "session_token",
-                "amount",
-                "currency",
-                "provider_tx_id",
-                "round_id",
-                "game",
-                "action",
-            ),
-        ),
-        "WinDeposit": _request_object(
-            {
-                "action": {"enum": sorted(WIN_ACTIONS)},
-                "user_id": identifier,
-                "amount": _schema("MoneyMillis"),
-                "currency": currency,
-                "provider_tx_id": identifier,
-                "round_id": identifier,
-                "game": identifier,
-                "session_token": identifier,
-                "withdraw_provider_tx_id": {**identifier, "description": "the bet it settles"},
-            },
-            ("action", "user_id", "amount", "currency", "provider_tx_id", "round_id", "game"),
-        ),
-        "RollbackDeposit": _request_object(
-            {
-                "action": {"const": ROLLBACK_ACTION},
-                "user_id": identifier,
-                "provider_tx_id": identifier,
-                "withdraw_provider_tx_id": {**identifier, "description": "the voided bet"},
-                "round_id": identifier,
-                "game": identifier,
-                "amount": {
-                    **_schema("MoneyMillis"),
-                    "description": "if given, must equal the recorded stake (else 409)",
-                },
-                "currency": currency,
-            },
-            ("action", "user_id", "provider_tx_id", "withdraw_provider_tx_id", "round_id", "game"),
-        ),
-        "CloseRoundDeposit": _request_object(
-            {
-                "action": {"const": CLOSE_ROUND_ACTION},
-                "provider_tx_id": {
-                    **identifier,
-                    "description": "`{round_id}-{operator_id}-close-round`",
-                },
-                "round_id": identifier,
-                "game": identifier,
-                "amount": {"const": 0, "description": "no money moves"},
-                "attributes": {
-                    "description": f"{COEFFICIENTS_ATTRIBUTE} (per-bet cash-out multipliers, "
-                    f"0 = lost) and {STAKES_ATTRIBUTE} (per-bet stakes in millis), "
-                    "positionally aligned, of equal length",
-                    "oneOf": [
-                        _object(
-                            dict.fromkeys(attribute_names, attribute_values),
-                            attribute_names,
-                            closed=False,
-                        ),
-                        {
-                            "type": "array",
-                            "items": _object(
-                                {"name": {"type": "string"}, "value": attribute_values},
-                                ("name", "value"),
-                                closed=False,
-                            ),
-                        },
-                    ],
-                },
-            },
-            ("action", "provider_tx_id", "round_id", "game", "amount", "attributes"),
-        ),
-        "DepositRequest": {
-            "oneOf": [
-                _schema("WinDeposit"),
-                _schema("RollbackDeposit"),
-                _schema("CloseRoundDeposit"),
-            ],
-            "discriminator": {
-                "propertyName": "action",
-                "mapping": {
-                    **{action: "#/components/schemas/WinDeposit" for action in sorted(WIN_ACTIONS)},
-                    ROLLBACK_ACTION: "#/components/schemas/RollbackDeposit",
-                    CLOSE_ROUND_ACTION: "#/components/schemas/CloseRoundDeposit",
-                },
-            },
-        },
-        "BalanceRequest": _request_object(
-            {"user_id": identifier, "session_token": identifier, "currency": currency},
-            ("user_id",),
-        ),
+        "Currency": msgspec.json.schema(Currency),
+        **_request_schemas(),
         "AuthData": _object(
             {
                 "user_id": _schema("IdentifierText"),
@@ -317,16 +190,6 @@ def _components() -> dict[str, Any]:
             ("code", "message", "data"),
             description="every error: the HTTP status equals `code`, `data` is null",
         ),
-        "CreatePlayerRequest": _request_object(
-            {
-                "user_id": identifier,
-                "currency": currency,
-                "username": {"type": "string", "description": "default: the user_id"},
-                "balance": {**_schema("MoneyMillis"), "description": "opening balance, default 0"},
-                "maxbet": {**_schema("MoneyMillis"), "description": "default: the configured one"},
-            },
-            ("user_id", "currency"),
-        ),
         "Player": _object(
             {
                 "user_id": _schema("IdentifierText"),
@@ -337,42 +200,13 @@ def _components() -> dict[str, Any]:
             },
             ("user_id", "username", "currency", "balance", "maxbet"),
         ),
-        "AdjustmentRequest": _request_object(
-            {
-                "amount": {
-                    "type": "integer",
-                    "minimum": -AMOUNT_MILLIS_MAX,
-                    "maximum": AMOUNT_MILLIS_MAX,
-                    "not": {"const": 0},
-                    "description": "signed millis: + the cashier's deposit, - a withdrawal",
-                },
-                "reference": {
-                    **identifier,
-                    "description": "idempotency key: the same reference and amount answer the "
-                    "same balance; a refused debit (402) is not stored",
-                },
-            },
-            ("amount", "reference"),
-        ),
         "AdjustmentData": _object({"balance": _schema("BalanceMillis")}, ("balance",)),
-        "OpenSessionRequest": _request_object({"user_id": identifier}, ("user_id",)),
         "SessionData": _object(
             {
                 "session_token": {"type": "string", "minLength": 1},
                 "user_token": {"type": "string", "minLength": 1},
             },
             ("session_token", "user_token"),
-        ),
-        "LaunchRequest": _request_object(
-            {
-                "user_id": identifier,
-                "game": identifier,
-                "platform": {"enum": ["mobile", "desktop"]},
-                "portal_mode": {"enum": ["real", "demo"]},
-                "return_url": identifier,
-                "language": {**identifier, "description": "ISO 639-1"},
-            },
-            ("user_id", "game", "platform", "portal_mode", "return_url", "language"),
         ),
         "LaunchData": _object(
             {
@@ -553,7 +387,7 @@ def _paths() -> dict[str, Any]:
             "Launch a game at the provider and open its session",
             {"200": _success(200, _schema("LaunchData"), "where to send the player")},
             (400, 401, 404, 413, 502, 503),
-            request="LaunchRequest",
+            request="LaunchRequestBody",
         ),
         "/admin/incidents": _admin(
             "get",

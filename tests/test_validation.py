@@ -1,9 +1,13 @@
 """PROTOCOL.md §1, §3: strict validation of signed callbacks. Bad input is a 400 in the
-envelope `{"code": 400, "message": ..., "data": null}` and changes nothing."""
+envelope `{"code": 400, "message": ..., "data": null}` and changes nothing.
+
+The fields each request requires, its identifiers and the limits come from the request models
+(gateway/schemas.py); the ill-typed values are the protocol's own examples."""
 
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from conftest import PUBLIC_KEY, SECRET
@@ -11,6 +15,15 @@ from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, close_round, rollback, win
 
 from gateway.callbacks import BODY_BYTES_MAX
+from gateway.schemas import (
+    AMOUNT_MILLIS_MAX,
+    IDENTIFIER_CHARS_MAX,
+    BetRequest,
+    CloseRoundRequest,
+    RollbackRequest,
+    WinRequest,
+    identifier_fields,
+)
 from gateway.signing import signed_headers
 
 USER = "player-1"
@@ -73,7 +86,7 @@ BAD_AMOUNTS = [
     pytest.param(True, id="boolean-true"),
     pytest.param(False, id="boolean-false"),
     pytest.param(-1, id="negative"),
-    pytest.param(10**15 + 1, id="above-10**15"),
+    pytest.param(AMOUNT_MILLIS_MAX + 1, id="above-the-maximum"),
     pytest.param([1000], id="array"),
     pytest.param({"value": 1000}, id="object"),
 ]
@@ -149,26 +162,16 @@ async def test_close_round_with_nonzero_amount_is_400(
 
 # --- required fields ------------------------------------------------------------------------
 
-BET_REQUIRED = [
-    "user_id",
-    "session_token",
-    "amount",
-    "currency",
-    "provider_tx_id",
-    "round_id",
-    "game",
-    "action",
-]
-WIN_REQUIRED = ["user_id", "amount", "currency", "provider_tx_id", "round_id", "game", "action"]
-ROLLBACK_REQUIRED = [
-    "user_id",
-    "provider_tx_id",
-    "withdraw_provider_tx_id",
-    "round_id",
-    "game",
-    "action",
-]
-CLOSE_ROUND_REQUIRED = ["provider_tx_id", "round_id", "game", "attributes", "action"]
+
+def required_fields(model: type[msgspec.Struct]) -> list[str]:
+    """As the body names them."""
+    return [field.encode_name for field in msgspec.structs.fields(model) if field.required]
+
+
+BET_REQUIRED = required_fields(BetRequest)
+WIN_REQUIRED = required_fields(WinRequest)
+ROLLBACK_REQUIRED = required_fields(RollbackRequest)
+CLOSE_ROUND_REQUIRED = required_fields(CloseRoundRequest)
 
 
 @pytest.mark.parametrize("field", BET_REQUIRED)
@@ -296,7 +299,7 @@ async def test_rollback_in_another_currency_than_the_wallet_is_400_and_moves_not
 # --- identifiers ----------------------------------------------------------------------------
 
 BAD_IDENTIFIERS = [
-    pytest.param("x" * 129, id="129-chars"),
+    pytest.param("x" * (IDENTIFIER_CHARS_MAX + 1), id="one-char-too-many"),
     pytest.param("", id="empty"),
     pytest.param("tx\x00-1", id="nul"),
     pytest.param("tx\n1", id="newline"),
@@ -307,7 +310,7 @@ BAD_IDENTIFIERS = [
     pytest.param(["tx-1"], id="array"),
     pytest.param({"id": "tx-1"}, id="object"),
 ]
-BET_IDENTIFIERS = ["user_id", "session_token", "provider_tx_id", "round_id", "game"]
+BET_IDENTIFIERS = [wire_name for _, wire_name in identifier_fields(BetRequest)]
 
 
 @pytest.mark.parametrize("value", BAD_IDENTIFIERS)
