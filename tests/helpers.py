@@ -1,11 +1,15 @@
 """What many test modules check or set up the same way (imported as `from helpers import ...`,
 like payloads.py)."""
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.keys import shard_of
+
+Server = TypeVar("Server", EmbeddedRedis, EmbeddedPostgres)
 
 
 def assert_error_envelope(body: dict[str, Any], code: int) -> None:
@@ -21,6 +25,13 @@ async def stream_event_count(services: Any) -> int:
     for stream in services.wallet.keys.all_streams():
         total += await services.redis.xlen(stream)
     return total
+
+
+def running(server: Server) -> Iterator[Server]:
+    """A fixture's body for an embedded server: `yield from running(EmbeddedRedis(...))`."""
+    server.start()
+    yield server
+    server.stop()
 
 
 def user_in_shard(prefix: str, shard: int, shards: int = 16) -> str:
@@ -70,3 +81,20 @@ async def redis_dump(redis_url: str) -> dict[bytes, tuple[Any, ...]]:
             entries = await redis.xrange(key) if kind == b"stream" else None
             dump[key] = (kind, await redis.dump(key), await redis.pttl(key) >= 0, entries)
     return dump
+
+
+# A write pause holds every script while reads and CLIENT UNPAUSE still answer: the test ends
+# it when it is done. Its length only bounds a test that dies paused.
+REDIS_PAUSE_MS_MAX = 10_000
+
+
+async def pause_scripts(redis_url: str) -> Redis:
+    """-> the connection to UNPAUSE with."""
+    pauser = Redis.from_url(redis_url)
+    await pauser.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_MS_MAX, "WRITE")
+    return pauser
+
+
+async def unpause(pauser: Redis) -> None:
+    await pauser.execute_command("CLIENT", "UNPAUSE")
+    await pauser.aclose()

@@ -1,15 +1,14 @@
 """PROTOCOL.md §4 /auth and /balance, §8 sessions: one-time user tokens, session tokens with a
 sliding idle expiry, one live session per player; /balance is read-only."""
 
-import asyncio
 from typing import Any
 
 import pytest
-from conftest import Admin, Provider
+from conftest import Admin, ManualClock, Provider
 from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, win
 
-from gateway.app import Services, create_admin_app, create_gateway_app
+from gateway.app import Services
 from gateway.outcomes import OUTCOMES
 
 USER = "player-1"
@@ -21,6 +20,15 @@ async def user_token_for(admin: Admin, user_id: str) -> str:
     status, body = await admin.call("POST", "/admin/sessions", {"user_id": user_id})
     assert status == 201, body
     return body["data"]["user_token"]
+
+
+async def assert_401_and_moves_nothing(
+    provider: Provider, admin: Admin, path: str, payload: dict[str, Any]
+) -> None:
+    status, body = await provider.post(path, payload)
+    assert status == 401, body
+    assert_error_envelope(body, 401)
+    assert await admin.balance(USER) == BALANCE
 
 
 @pytest.fixture
@@ -215,10 +223,9 @@ async def test_user_token_of_another_player_binds_to_that_player(
     assert status == 200, body
     assert body["data"]["user_id"] == "player-2"
     # a bet naming player-1 on player-2's session is refused
-    status, body = await provider.post("/withdraw", bet(USER, "gp-session-1", "tx-1"))
-    assert status == 401
-    assert_error_envelope(body, 401)
-    assert await admin.balance(USER) == BALANCE
+    await assert_401_and_moves_nothing(
+        provider, admin, "/withdraw", bet(USER, "gp-session-1", "tx-1")
+    )
 
 
 # --- one live session per player ------------------------------------------------------------
@@ -229,13 +236,8 @@ async def test_a_new_session_closes_the_old_one(
 ) -> None:
     old = await admin.open_session(USER)
     new = await admin.open_session(USER)
-    status, body = await provider.post("/auth", {"session_token": old})
-    assert status == 401
-    assert_error_envelope(body, 401)
-    status, body = await provider.post("/withdraw", bet(USER, old, "tx-1"))
-    assert status == 401
-    assert_error_envelope(body, 401)
-    assert await admin.balance(USER) == BALANCE
+    await assert_401_and_moves_nothing(provider, admin, "/auth", {"session_token": old})
+    await assert_401_and_moves_nothing(provider, admin, "/withdraw", bet(USER, old, "tx-1"))
     status, body = await provider.post("/auth", {"session_token": new})
     assert status == 200, body
     status, body = await provider.post("/withdraw", bet(USER, new, "tx-2"))
@@ -252,9 +254,7 @@ async def test_binding_a_user_token_closes_the_players_previous_session(
         "/auth", {"session_token": "gp-session-1", "user_token": user_token}
     )
     assert status == 200, body
-    status, body = await provider.post("/auth", {"session_token": old})
-    assert status == 401
-    assert_error_envelope(body, 401)
+    await assert_401_and_moves_nothing(provider, admin, "/auth", {"session_token": old})
 
 
 async def test_bet_on_another_players_session_is_401(
@@ -262,78 +262,72 @@ async def test_bet_on_another_players_session_is_401(
 ) -> None:
     await admin.create_player("player-2")
     others_session = await admin.open_session("player-2")
-    status, body = await provider.post("/withdraw", bet(USER, others_session, "tx-1"))
-    assert status == 401
-    assert_error_envelope(body, 401)
-    assert await admin.balance(USER) == BALANCE
+    await assert_401_and_moves_nothing(
+        provider, admin, "/withdraw", bet(USER, others_session, "tx-1")
+    )
 
 
 async def test_bet_on_an_unknown_session_is_401(
     provider: Provider, admin: Admin, player: Any
 ) -> None:
-    status, body = await provider.post("/withdraw", bet(USER, "never-issued", "tx-1"))
-    assert status == 401
-    assert_error_envelope(body, 401)
-    assert await admin.balance(USER) == BALANCE
-
-
-# --- idle expiry (SESSION_IDLE_SECONDS = 1 here) --------------------------------------------
-
-
-@pytest.fixture
-async def quick_expiry(
-    services: Services, settings: Any, aiohttp_client: Any
-) -> tuple[Provider, Admin]:
-    quick = Services.create(settings.replace(session_idle_seconds=1), redis=services.redis)
-    await quick.wallet.start()
-    return (
-        Provider(await aiohttp_client(create_gateway_app(quick))),
-        Admin(await aiohttp_client(create_admin_app(quick))),
+    await assert_401_and_moves_nothing(
+        provider, admin, "/withdraw", bet(USER, "never-issued", "tx-1")
     )
 
 
-async def test_expired_session_is_401_on_auth_and_on_a_bet(
-    quick_expiry: tuple[Provider, Admin],
+# --- idle expiry (the wallet's clock is the test's: `clock.advance`) ------------------------
+
+
+def session_callback(path: str, session_token: str) -> dict[str, Any]:
+    if path == "/auth":
+        return {"session_token": session_token}
+    return bet(USER, session_token, "tx-1")
+
+
+@pytest.mark.parametrize("path", ["/auth", "/withdraw"])
+async def test_a_session_idle_one_millisecond_past_its_limit_is_401_and_moves_nothing(
+    provider: Provider,
+    admin: Admin,
+    services: Services,
+    clock: ManualClock,
+    player: Any,
+    path: str,
 ) -> None:
-    provider, admin = quick_expiry
-    await admin.create_player(USER, balance=BALANCE)
     session_token = await admin.open_session(USER)
-    await asyncio.sleep(1.1)
-    status, body = await provider.post("/auth", {"session_token": session_token})
-    assert status == 401
-    assert_error_envelope(body, 401)
-    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
-    assert status == 401
-    assert_error_envelope(body, 401)
-    assert await admin.balance(USER) == BALANCE
+    clock.advance(services.wallet.session_idle_ms + 1)
+    await assert_401_and_moves_nothing(provider, admin, path, session_callback(path, session_token))
 
 
 async def test_each_callback_slides_the_idle_expiry(
-    quick_expiry: tuple[Provider, Admin],
+    provider: Provider, admin: Admin, services: Services, clock: ManualClock, player: Any
 ) -> None:
-    provider, admin = quick_expiry
-    await admin.create_player(USER, balance=BALANCE)
+    """Each callback comes exactly the idle limit after the one before: live (the limit is
+    inclusive), and one millisecond more after the last is too late."""
+    idle_ms = services.wallet.session_idle_ms
     session_token = await admin.open_session(USER)
-    await asyncio.sleep(0.6)
+    clock.advance(idle_ms)
     status, body = await provider.post("/auth", {"session_token": session_token})
     assert status == 200, body
-    await asyncio.sleep(0.6)  # 1.2 s after opening, 0.6 s after the last callback
+    clock.advance(idle_ms)  # twice the limit after opening, the limit after the last callback
     status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
     assert status == 200, body
-    await asyncio.sleep(0.6)
+    clock.advance(idle_ms)
     status, body = await provider.post("/auth", {"session_token": session_token})
     assert status == 200, body
+    clock.advance(idle_ms + 1)  # the last callback slid it to its own time, not further
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 401, body
 
 
 async def test_settlement_is_never_refused_for_an_expired_session(
-    quick_expiry: tuple[Provider, Admin],
+    provider: Provider, admin: Admin, services: Services, clock: ManualClock, player: Any
 ) -> None:
-    provider, admin = quick_expiry
-    await admin.create_player(USER, balance=BALANCE)
     session_token = await admin.open_session(USER)
     status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-1"))
     assert status == 200, body
-    await asyncio.sleep(1.1)
+    clock.advance(services.wallet.session_idle_ms + 1)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 401, body  # expired indeed
     status, body = await provider.post(
         "/deposit", win(USER, "win-1", "tx-1", session_token=session_token)
     )

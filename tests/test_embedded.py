@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis
+from helpers import running
 
 from gateway import embedded
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
@@ -18,18 +19,12 @@ running_as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the root path on
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+    yield from running(EmbeddedRedis(tmp_path / "redis"))
 
 
 @pytest.fixture
 def postgres_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "postgres")
-    server.start()
-    yield server
-    server.stop()
+    yield from running(EmbeddedPostgres(tmp_path / "postgres"))
 
 
 def postmaster_pid(server: EmbeddedPostgres) -> int:

@@ -1,6 +1,7 @@
 """Idempotency on provider_tx_id (PROTOCOL.md §5): a retry gets the original response byte for
 byte; the same key with different content is a 409 and moves nothing."""
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -130,30 +131,6 @@ async def test_retry_of_a_bet_after_its_session_closed_still_replays_the_success
 # --- same key, different content ----------------------------------------------------------------
 
 
-BET_CHANGES = {
-    "action": {"action": "FREE_BET"},
-    "amount": {"amount": 1_001},
-    "currency": {"currency": "EUR"},
-    "round_id": {"round_id": "another-round"},
-    "game": {"game": "chicken-race"},
-}
-
-
-@pytest.mark.parametrize("field", sorted(BET_CHANGES))
-async def test_bet_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
-    provider, admin, field
-):
-    session = await player_with_session(admin, "alice", 10_000)
-    original = bet("alice", session, "b1", 1_000)
-    first = await provider.post_raw("/withdraw", orjson.dumps(original))
-    status, body = await provider.post("/withdraw", {**original, **BET_CHANGES[field]})
-    assert status == 409, body
-    assert body["code"] == 409 and body["data"] is None
-    assert await admin.balance("alice") == 9_000
-    # the original content still replays the original
-    assert await provider.post_raw("/withdraw", orjson.dumps(original)) == first
-
-
 @pytest.mark.parametrize("layout", ["same_shard", "different_shards"])
 async def test_tx_id_reused_for_another_user_is_409_and_moves_nothing(provider, admin, layout):
     alice = user_in_shard("alice", 5)
@@ -180,31 +157,6 @@ async def test_bet_tx_id_reused_as_a_win_is_409_and_moves_nothing(provider, admi
     assert await admin.balance("alice") == 9_000
 
 
-WIN_CHANGES = {
-    "action": {"action": "FREE_BET_WIN"},
-    "amount": {"amount": 2_001},
-    "currency": {"currency": "EUR"},
-    "round_id": {"round_id": "another-round"},
-    "withdraw_provider_tx_id": {"withdraw_provider_tx_id": "b2"},
-    "game": {"game": "chicken-race"},
-}
-
-
-@pytest.mark.parametrize("field", sorted(WIN_CHANGES))
-async def test_win_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
-    provider, admin, field
-):
-    session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
-    await provider.post("/withdraw", bet("alice", session, "b2", 1_000))
-    original = win("alice", "w1", "b1", 2_000)
-    status, _ = await provider.post("/deposit", original)
-    assert status == 200
-    status, body = await provider.post("/deposit", {**original, **WIN_CHANGES[field]})
-    assert status == 409, body
-    assert await admin.balance("alice") == 10_000
-
-
 async def test_win_reusing_tx_id_with_and_without_bet_reference_is_409(provider, admin):
     session = await player_with_session(admin, "alice", 10_000)
     await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
@@ -216,6 +168,23 @@ async def test_win_reusing_tx_id_with_and_without_bet_reference_is_409(provider,
     assert await admin.balance("alice") == 11_000
 
 
+BET_CHANGES = {
+    "action": {"action": "FREE_BET"},
+    "amount": {"amount": 1_001},
+    "currency": {"currency": "EUR"},
+    "round_id": {"round_id": "another-round"},
+    "game": {"game": "chicken-race"},
+}
+
+WIN_CHANGES = {
+    "action": {"action": "FREE_BET_WIN"},
+    "amount": {"amount": 2_001},
+    "currency": {"currency": "EUR"},
+    "round_id": {"round_id": "another-round"},
+    "withdraw_provider_tx_id": {"withdraw_provider_tx_id": "b2"},
+    "game": {"game": "chicken-race"},
+}
+
 ROLLBACK_CHANGES = {
     "action": {"action": "WIN", "amount": 1_000, "currency": "USD"},
     "amount": {"amount": 1_000},
@@ -226,20 +195,35 @@ ROLLBACK_CHANGES = {
 }
 
 
-@pytest.mark.parametrize("field", sorted(ROLLBACK_CHANGES))
-async def test_rollback_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
-    provider, admin, field
+# path, the original call (given alice's session; bets b1 and b2 are placed), its changes
+ORIGINAL_CALLS: dict[str, tuple[str, Callable[[str], dict[str, Any]], dict[str, Any]]] = {
+    "bet": ("/withdraw", lambda session: bet("alice", session, "b3", 1_000), BET_CHANGES),
+    "win": ("/deposit", lambda _: win("alice", "w1", "b1", 2_000), WIN_CHANGES),
+    "rollback": ("/deposit", lambda _: rollback("alice", "rb1", "b1"), ROLLBACK_CHANGES),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [(kind, field) for kind, (_, _, changes) in ORIGINAL_CALLS.items() for field in changes],
+)
+async def test_reusing_tx_id_with_different_field_is_409_and_moves_nothing(
+    provider, admin, kind, field
 ):
     session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
-    await provider.post("/withdraw", bet("alice", session, "b2", 1_000))
-    original = rollback("alice", "rb1", "b1")
-    status, _ = await provider.post("/deposit", original)
-    assert status == 200
-    assert await admin.balance("alice") == 9_000
-    status, body = await provider.post("/deposit", {**original, **ROLLBACK_CHANGES[field]})
+    for bet_tx in ("b1", "b2"):  # for the win and the rollback to name
+        await provider.post("/withdraw", bet("alice", session, bet_tx, 1_000))
+    path, original_call, changes = ORIGINAL_CALLS[kind]
+    original = original_call(session)
+    first = await provider.post_raw(path, orjson.dumps(original))
+    assert first[0] == 200, first
+    balance = await admin.balance("alice")
+    status, body = await provider.post(path, {**original, **changes[field]})
     assert status == 409, body
-    assert await admin.balance("alice") == 9_000
+    assert body["code"] == 409 and body["data"] is None
+    assert await admin.balance("alice") == balance
+    # the original content still replays the original
+    assert await provider.post_raw(path, orjson.dumps(original)) == first
 
 
 async def test_refused_call_reused_with_different_content_is_409(provider, admin):

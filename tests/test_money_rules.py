@@ -1,22 +1,18 @@
 """Money movement on /withdraw and /deposit (PROTOCOL.md §4) and the money rules of §6."""
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
-from conftest import Provider
+from conftest import ManualClock
 from helpers import incident_metric, incidents, player_with_session, user_in_shard
 from payloads import bet, rollback, win
 
-from gateway.app import Services, create_gateway_app
+from gateway.app import Services
 from gateway.keys import shard_of
 from gateway.settings import Settings
 
 INSUFFICIENT_FUNDS = {"code": 402, "message": "Insufficient player balance", "data": None}
-SESSION_IDLE_SECONDS_SHORT = 1
 
 
 def assert_error(status: int, body: dict[str, Any], code: int) -> None:
@@ -181,37 +177,26 @@ async def test_bet_with_ill_typed_field_is_400_and_moves_nothing(provider, admin
 # --- sessions that expire -----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def provider_short_sessions(
-    services: Services, settings: Settings, aiohttp_client: Callable[..., Any]
-) -> AsyncIterator[Provider]:
-    """A gateway on the same Redis whose sessions expire after one idle second."""
-    short = Services.create(settings.replace(session_idle_seconds=SESSION_IDLE_SECONDS_SHORT))
-    await short.wallet.start()
-    client: TestClient = await aiohttp_client(create_gateway_app(short))
-    yield Provider(client)
-    await short.close()
+def expire_sessions(clock: ManualClock, services: Services) -> None:
+    """One millisecond past the idle limit of every session opened so far."""
+    clock.advance(services.wallet.session_idle_ms + 1)
 
 
-async def wait_for_session_expiry() -> None:
-    await asyncio.sleep(SESSION_IDLE_SECONDS_SHORT + 0.2)
-
-
-async def test_bet_on_an_expired_session_is_401_and_moves_nothing(provider_short_sessions, admin):
+async def test_bet_on_an_expired_session_is_401_and_moves_nothing(provider, admin, services, clock):
     session = await player_with_session(admin, "alice", 10_000)
-    status, body = await provider_short_sessions.post("/withdraw", bet("alice", session, "b1"))
+    status, body = await provider.post("/withdraw", bet("alice", session, "b1"))
     assert_ok(status, body, "alice", "b1", 9_000)
-    await wait_for_session_expiry()
-    status, body = await provider_short_sessions.post("/withdraw", bet("alice", session, "b2"))
+    expire_sessions(clock, services)
+    status, body = await provider.post("/withdraw", bet("alice", session, "b2"))
     assert_error(status, body, 401)
     assert await admin.balance("alice") == 9_000
 
 
-async def test_win_after_the_session_expired_still_credits(provider_short_sessions, admin):
+async def test_win_after_the_session_expired_still_credits(provider, admin, services, clock):
     session = await player_with_session(admin, "alice", 10_000)
-    await provider_short_sessions.post("/withdraw", bet("alice", session, "b1", 1_000))
-    await wait_for_session_expiry()
-    status, body = await provider_short_sessions.post(
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
+    expire_sessions(clock, services)
+    status, body = await provider.post(
         "/deposit", win("alice", "w1", "b1", 2_500, session_token=session)
     )
     assert_ok(status, body, "alice", "w1", 11_500)
@@ -221,45 +206,30 @@ async def test_win_after_the_session_expired_still_credits(provider_short_sessio
 # --- /deposit WIN -------------------------------------------------------------------------------
 
 
-async def test_win_credits_the_real_balance(provider, admin):
+# bet action, win action, win amount, balance after (of 10,000, after a bet of 1,000)
+WINS = {
+    "win": ("BET", "WIN", 2_350, 11_350),
+    "free-bet-win": ("FREE_BET", "FREE_BET_WIN", 4_000, 14_000),  # a free bet debits nothing
+    "win-of-zero": ("BET", "WIN", 0, 9_000),
+}
+
+
+@pytest.mark.parametrize("case", WINS)
+async def test_win_credits_the_real_balance(provider, admin, case):
+    bet_action, win_action, amount, new_balance = WINS[case]
     session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
-    status, body = await provider.post("/deposit", win("alice", "w1", "b1", 2_350))
-    assert_ok(status, body, "alice", "w1", 11_350)
-    assert await admin.balance("alice") == 11_350
-
-
-async def test_free_bet_win_credits_the_real_balance(provider, admin):
-    session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "fb1", 1_000, action="FREE_BET"))
-    status, body = await provider.post(
-        "/deposit", win("alice", "w1", "fb1", 4_000, action="FREE_BET_WIN")
-    )
-    assert_ok(status, body, "alice", "w1", 14_000)
-    assert await admin.balance("alice") == 14_000
-
-
-async def test_win_of_zero_is_ok_and_moves_nothing(provider, admin):
-    session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
-    status, body = await provider.post("/deposit", win("alice", "w1", "b1", 0))
-    assert_ok(status, body, "alice", "w1", 9_000)
-    assert await admin.balance("alice") == 9_000
+    await provider.post("/withdraw", bet("alice", session, "b1", 1_000, action=bet_action))
+    payload = win("alice", "w1", "b1", amount, action=win_action)
+    assert "session_token" not in payload  # a settlement needs no session
+    status, body = await provider.post("/deposit", payload)
+    assert_ok(status, body, "alice", "w1", new_balance)
+    assert await admin.balance("alice") == new_balance
 
 
 async def test_win_without_a_bet_reference_credits(provider, admin):
     await admin.create_player("alice", 10_000)
     status, body = await provider.post("/deposit", win("alice", "w1", None, 500))
     assert_ok(status, body, "alice", "w1", 10_500)
-
-
-async def test_win_without_session_token_credits(provider, admin):
-    session = await player_with_session(admin, "alice", 10_000)
-    await provider.post("/withdraw", bet("alice", session, "b1", 1_000))
-    payload = win("alice", "w1", "b1", 1_000)
-    assert "session_token" not in payload
-    status, body = await provider.post("/deposit", payload)
-    assert_ok(status, body, "alice", "w1", 10_000)
 
 
 async def test_win_in_another_currency_is_400_and_moves_nothing(provider, admin):

@@ -113,45 +113,46 @@ async def assert_refused_at_the_limit(
     return incident
 
 
-async def test_a_win_past_the_limit_is_refused_and_leaves_its_bet_open(
-    provider: Any, admin: Any
+# After alice's bet b1 of 1,000: a credit (of so many millis) one milli past the limit, then the
+# credits that prove it left the bet open, each with the balance it answers (the last lands
+# exactly on the limit).
+REFUSED_CREDITS = {
+    "win": (
+        win("alice", "w1", "b1", 2_000),
+        2_000,
+        [
+            # the refused WIN did not settle the bet: its rollback still refunds the stake
+            (rollback("alice", "rb1", "b1"), BALANCE_MILLIS_MAX - 999),
+            (win("alice", "w2", None, 999), BALANCE_MILLIS_MAX),
+        ],
+    ),
+    "rollback": (
+        rollback("alice", "rb1", "b1"),
+        1_000,  # the stake
+        # the bet was not rolled back (else WIN_AFTER_ROLLBACK): its win is paid
+        [(win("alice", "w1", "b1", 999), BALANCE_MILLIS_MAX)],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", REFUSED_CREDITS)
+async def test_a_credit_past_the_limit_is_refused_and_leaves_its_bet_open(
+    provider: Any, admin: Any, kind: str
 ) -> None:
+    payload, credit_millis, proofs = REFUSED_CREDITS[kind]
     session = await player_with_session(admin, "alice", 10_000)
     assert (await post(provider, "/withdraw", bet("alice", session, "b1", 1_000)))[0] == 200
-    near = BALANCE_MILLIS_MAX - 1_999
+    near = BALANCE_MILLIS_MAX - credit_millis + 1
     await fund_to(admin, "alice", near)
-    payload = win("alice", "w1", "b1", 2_000)  # one milli too many
     status, raw = await post(provider, "/deposit", payload)
 
-    incident = await assert_refused_at_the_limit(admin, status, raw, "alice", "w1", near)
+    tx = payload["provider_tx_id"]
+    incident = await assert_refused_at_the_limit(admin, status, raw, "alice", tx, near)
     assert orjson.loads(incident["request"]) == payload
-    # the refused WIN did not settle the bet: its rollback still refunds the stake
-    status, raw = await post(provider, "/deposit", rollback("alice", "rb1", "b1"))
-    assert status == 200, raw
-    assert orjson.loads(raw)["data"]["new_balance"] == near + 1_000
-    # a credit that lands exactly on the limit is paid
-    status, raw = await post(provider, "/deposit", win("alice", "w2", None, 999))
-    assert status == 200, raw
-    assert orjson.loads(raw)["data"]["new_balance"] == BALANCE_MILLIS_MAX
-    assert await admin.balance("alice") == BALANCE_MILLIS_MAX
-
-
-async def test_a_rollback_refund_past_the_limit_is_refused_and_leaves_its_bet_open(
-    provider: Any, admin: Any
-) -> None:
-    session = await player_with_session(admin, "alice", 10_000)
-    assert (await post(provider, "/withdraw", bet("alice", session, "b1", 1_000)))[0] == 200
-    near = BALANCE_MILLIS_MAX - 999
-    await fund_to(admin, "alice", near)
-    payload = rollback("alice", "rb1", "b1")
-    status, raw = await post(provider, "/deposit", payload)
-
-    incident = await assert_refused_at_the_limit(admin, status, raw, "alice", "rb1", near)
-    assert orjson.loads(incident["request"]) == payload
-    # the bet was not rolled back (else WIN_AFTER_ROLLBACK): its win lands exactly on the limit
-    status, raw = await post(provider, "/deposit", win("alice", "w1", "b1", 999))
-    assert status == 200, raw
-    assert orjson.loads(raw)["data"]["new_balance"] == BALANCE_MILLIS_MAX
+    for proof, new_balance in proofs:
+        status, raw = await post(provider, "/deposit", proof)
+        assert status == 200, raw
+        assert orjson.loads(raw)["data"]["new_balance"] == new_balance
     assert await admin.balance("alice") == BALANCE_MILLIS_MAX
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import Admin, Provider
+from helpers import pause_scripts, running, unpause
 from payloads import bet, close_round, rollback, win
 from redis.asyncio import Redis
 
@@ -25,7 +26,6 @@ from gateway.settings import Settings
 
 WALLET_UNAVAILABLE = {"code": 503, "message": "Wallet temporarily unavailable", "data": None}
 REDIS_TIMEOUT_MS_SHORT = 200
-REDIS_PAUSE_MS = 1_000
 
 AppClients = tuple[Provider, Admin, Services]
 
@@ -44,10 +44,7 @@ async def gateway_on(
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     """A Redis of this test alone, which it may stop, restart and pause."""
-    server = EmbeddedRedis(tmp_path / "own-redis")
-    server.start()
-    yield server
-    server.stop()
+    yield from running(EmbeddedRedis(tmp_path / "own-redis"))
 
 
 @pytest.fixture
@@ -127,12 +124,10 @@ async def test_bet_that_timed_out_is_applied_once_by_its_retry(own_redis, own_ga
     session = await admin.open_session("alice")
     body = orjson.dumps(bet("alice", session, "b1", 1_000))
 
-    pauser = Redis.from_url(own_redis.url)
-    await pauser.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_MS, "ALL")
+    pauser = await pause_scripts(own_redis.url)
     status, raw = await provider.post_raw("/withdraw", body)
     assert (status, orjson.loads(raw)) == (503, WALLET_UNAVAILABLE)
-    await asyncio.sleep(REDIS_PAUSE_MS / 1000 + 0.2)
-    await pauser.aclose()
+    await unpause(pauser)  # the held script runs now, after its caller gave up
 
     await assert_retries_debit_once(provider, admin, services, body)
 
@@ -212,8 +207,7 @@ async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retri
     bodies = [
         orjson.dumps(bet("alice", session, f"b{n}", 1_000)) for n in range(CONCURRENT_BETS)
     ]
-    pauser = Redis.from_url(own_redis.url)
-    await pauser.execute_command("CLIENT", "PAUSE", REDIS_PAUSE_MS * 2, "ALL")
+    pauser = await pause_scripts(own_redis.url)
     answers = await asyncio.gather(*(timed_post(provider, "/withdraw", b) for b in bodies))
     script_calls = services.wallet._script_calls
     assert len(script_calls._pending) <= PENDING_CALLS_MAX_SMALL
@@ -230,8 +224,7 @@ async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retri
     # past the bound, a call is refused at once instead of waiting its whole deadline
     assert min(seconds for _, seconds in answers) < REDIS_TIMEOUT_MS_SHORT / 1000 / 2
 
-    await pauser.execute_command("CLIENT", "UNPAUSE")
-    await pauser.aclose()
+    await unpause(pauser)
     for body in bodies:
         assert (await retry_until_answered(provider, "/withdraw", body))[0] == 200
     assert await admin.balance("alice") == 1_000_000 - CONCURRENT_BETS * 1_000
