@@ -41,6 +41,24 @@ class TxEventExtras(NamedTuple):
     coefficients: str  # CLOSE_ROUND: JSON array of cash-out coefficients as text
 
 
+class TxRecord(NamedTuple):
+    """The idempotency record finish() keeps in Redis beside the event (lua/money_common.lua
+    `record`): only what replays, settlement and reconcile read back. Restore and the history's
+    bring-back rebuild it from a row (persistence/records.py), with RECORD_EXTRAS."""
+
+    fp: str
+    outcome: str
+    balance: str
+    op: str
+    currency: str
+    action: str
+
+
+# The extras a record keeps: the event's, but `recorded` (an incident's view of the bet), which
+# only the event carries.
+RECORD_EXTRAS = tuple(name for name in TxEventExtras._fields if name != "recorded")
+
+
 class PlayerEvent(NamedTuple):
     kind: str
     user: str

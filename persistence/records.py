@@ -21,6 +21,7 @@ from gateway.clock import now_ms
 from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.redis_errors import WalletUnavailable
 from gateway.schemas import BET_ACTIONS, CLOSE_ROUND_ACTION
+from persistence.events import TxRecord
 from persistence.postgres import PG_UNREACHABLE
 from persistence.streams import read_progress
 
@@ -65,15 +66,16 @@ def _text(value: int | str | None) -> str:
 
 
 def idempotency_record(row: Mapping[str, Any]) -> dict[str, str]:
-    """The record hash as lua/money_common.lua finish() writes it, plus its extras."""
-    record = {
-        "fp": row["fingerprint"],
-        "outcome": row["outcome"],
-        "balance": str(row["balance_after"]),
-        "op": row["operator_tx_id"],
-        "currency": _text(row["currency"]),
-        "action": row["action"],
-    }
+    """The record hash as lua/money_common.lua finish() writes it (TxRecord), plus its extras
+    (RECORD_EXTRAS; tests/test_event_fields.py holds both sides to them)."""
+    record: dict[str, str] = TxRecord(
+        fp=row["fingerprint"],
+        outcome=row["outcome"],
+        balance=str(row["balance_after"]),
+        op=row["operator_tx_id"],
+        currency=_text(row["currency"]),
+        action=row["action"],
+    )._asdict()
     if row["action"] in BET_ACTIONS:
         record["stake"] = _text(row["amount"])
         record["state"] = row["bet_state"]

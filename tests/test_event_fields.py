@@ -3,9 +3,20 @@ XADD exactly those, per kind, in that order."""
 
 import re
 from importlib.resources import files
+from typing import Any
+
+import pytest
 
 from gateway.scripts import MONEY_SCRIPTS, PLAIN_SCRIPTS
-from persistence.events import EVENT_KINDS, TX_KIND, TxEvent, TxEventExtras
+from persistence.events import (
+    EVENT_KINDS,
+    RECORD_EXTRAS,
+    TX_KIND,
+    TxEvent,
+    TxEventExtras,
+    TxRecord,
+)
+from persistence.records import idempotency_record
 
 XADD_CALL = re.compile(r"redis\.call\('XADD', KEYS\[\d+\], '\*', ([^)]*)\)")
 EVENT_TABLE = re.compile(r"local event = \{([^}]*)\}")
@@ -78,3 +89,33 @@ def test_a_field_the_declaration_lacks_is_caught():
     source = lua_source("open_session").replace("'source', ARGV[5]", "'origin', ARGV[5]")
     ((kind, names),) = xadd_events(source)
     assert names != EVENT_KINDS[kind]._fields
+
+
+RECORD_TABLE = re.compile(r"local record = \{([^}]*)\}")
+
+
+def test_finish_keeps_the_declared_record_fields_in_order():
+    (record_table,) = RECORD_TABLE.findall(lua_source("money_common"))
+    assert field_names(record_table) == TxRecord._fields
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"action": "BET", "amount": 1_000, "bet_state": "won", "early_win": False},
+        {"action": "ROLL_BACK", "amount": None, "tombstone": True},
+        {"action": "WIN", "amount": 5, "incident": "DOUBLE_WIN", "early_win": True},
+        {"action": "CLOSE_ROUND", "amount": 0, "stakes": [1], "coefficients": ["2.5"]},
+    ],
+)
+def test_the_history_rebuilds_a_record_of_the_declared_fields(row: dict[str, Any]) -> None:
+    """Restore and the bring-back of an expired record write what finish() would have."""
+    full_row = {
+        "fingerprint": "f", "outcome": "OK", "balance_after": 1, "operator_tx_id": "op",
+        "currency": "USD", "incident": None, "tombstone": False, "early_win": False,
+        "stakes": None, "coefficients": None, "bet_state": None, **row,
+    }  # fmt: skip
+    record = idempotency_record(full_row)
+    assert tuple(record)[: len(TxRecord._fields)] == TxRecord._fields
+    assert set(record) - set(TxRecord._fields) <= set(RECORD_EXTRAS)
+    assert set(record) > set(TxRecord._fields)  # each row above has an extra
