@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.coalesced_scripts import CALL_DEADLINE
 from gateway.logs import log_callback
 from gateway.metrics import Metrics
 from gateway.outcomes import OK, envelope, status_of
@@ -131,6 +132,8 @@ class Callbacks:
 
         async def handler(request: web.Request) -> web.Response:
             started = time.perf_counter()
+            # the request's own task: its script calls answer by arrival + REDIS_TIMEOUT_MS
+            CALL_DEADLINE.set(asyncio.get_running_loop().time() + self.wallet.deadline_seconds)
             answer = await self._answer(request, callback)
             response = respond(answer.outcome, answer.data, answer.message)
             self.metrics.observe_callback(
@@ -187,8 +190,8 @@ class Callbacks:
 
     async def auth(self, payload: dict[str, Any], body: bytes) -> Answer:
         request = AuthRequest.parse(payload)
-        # its several Redis steps share one deadline (the others are one call each)
-        async with asyncio.timeout(self.wallet.deadline_seconds):
+        # its several Redis steps share the callback's deadline (the others are one call each)
+        async with asyncio.timeout_at(CALL_DEADLINE.get()):
             outcome, data = await self.sessions.authenticate(request)
         return Answer(outcome, data)
 

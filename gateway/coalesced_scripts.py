@@ -23,6 +23,7 @@ the batch, replays included, is on that many replicas, or fails (503).
 import asyncio
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,6 +37,12 @@ FLUSHES_IN_FLIGHT_MAX = 2  # one batch on the wire while Redis runs the other
 # Calls waiting for a batch: a few batches' worth; beyond, Redis is not keeping up (paused,
 # slow): answer 503 at once rather than queue without bound.
 PENDING_CALLS_MAX = 8 * BATCH_CALLS_MAX
+
+
+# The loop time by which a script call must have its reply: a callback sets it at its arrival
+# plus REDIS_TIMEOUT_MS (callbacks.py), so time spent before the call counts too (under load,
+# parsing 100 other requests first). Unset, a call has `deadline_seconds` from when it is made.
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("script_call_deadline", default=None)
 
 
 class CallsNotConfirmed(RedisConnectionError):
@@ -78,11 +85,10 @@ class CoalescedScriptCalls:
             raise CallsNotConfirmed(f"{PENDING_CALLS_MAX} calls already wait for Redis")
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        expiry = (
-            loop.call_later(self._deadline_seconds, _expire, reply)
-            if self._deadline_seconds
-            else None
-        )
+        deadline_at = CALL_DEADLINE.get()
+        if deadline_at is None and self._deadline_seconds:
+            deadline_at = loop.time() + self._deadline_seconds
+        expiry = None if deadline_at is None else loop.call_at(deadline_at, _expire, reply)
         self._pending.append((script, keys, args, reply, expiry))
         if len(self._flushes) >= FLUSHES_IN_FLIGHT_MAX:
             return reply  # goes with the next batch, once one in flight is done
