@@ -40,6 +40,7 @@ from gateway.wallet import Wallet, WalletReply
 
 BODY_BYTES_MAX = 64 * 1024
 REQUEST_ID_PREFIX_BYTES = 3  # short: a log line's id only needs to be unique for a while
+REQUEST_ID_CHARS_MAX = 64  # the longest X-Request-Id a log line takes as the caller's
 ACTION_LABELS = BET_ACTIONS | DEPOSIT_ACTIONS
 
 log = logging.getLogger("gateway.callbacks")
@@ -157,10 +158,13 @@ class Callbacks:
         return handler
 
     def _request_id(self, request: web.Request) -> str:
-        """The caller's X-Request-Id if printable: one that is not UTF-8 (aiohttp's surrogate
-        escapes) would make the JSON log line fail and vanish. Else one of ours."""
+        """The caller's X-Request-Id if short and printable, else one of ours: anyone can send
+        one, a 401 included, and it goes into every log line as sent (one that is not UTF-8,
+        aiohttp's surrogate escapes, would make the JSON line fail and vanish)."""
         given = request.headers.get("X-Request-Id")
-        return given if given and given.isprintable() else self._request_ids.next()
+        if given and len(given) <= REQUEST_ID_CHARS_MAX and given.isprintable():
+            return given
+        return self._request_ids.next()
 
     async def _answer(self, request: web.Request, callback: CallbackBody) -> Answer:
         if (request.content_length or 0) > BODY_BYTES_MAX:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payloads import bet, close_round, rollback, win
 
+from gateway.callbacks import REQUEST_ID_CHARS_MAX
 from gateway.logs import CALLBACK_LOGGER, JsonLineFormatter
 from gateway.outcomes import OUTCOMES
 from gateway.schemas import COEFFICIENTS_ATTRIBUTE, STAKES_ATTRIBUTE
@@ -597,6 +598,36 @@ async def test_a_request_id_that_is_not_utf8_is_replaced_in_the_json_log_line(
     (record,) = [r for r in caplog.records if r.name == CALLBACK_LOGGER]
     line = orjson.loads(JsonLineFormatter().format(record))
     assert line["request_id"] and line["request_id"] != "r-\udcff"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept", "signed"),
+    [
+        ("r" * REQUEST_ID_CHARS_MAX, True, True),
+        ("r" * (REQUEST_ID_CHARS_MAX + 1), False, True),
+        ("r" * 4000, False, False),  # a 401 logs its line too
+    ],
+    ids=["64-chars", "65-chars", "long-on-a-401"],
+)
+async def test_a_request_id_is_logged_as_sent_only_when_short_and_printable(
+    provider: Provider,
+    admin: Admin,
+    caplog: pytest.LogCaptureFixture,
+    given: str,
+    kept: bool,
+    signed: bool,
+) -> None:
+    player = await new_player(admin, provider)
+    body = orjson.dumps(valid_callback("balance", player)[1])
+    secret = SECRET if signed else "not-the-secret"
+    headers = signed_headers(PUBLIC_KEY, secret, body) | {"X-Request-Id": given}
+    with caplog.at_level(logging.INFO, logger=CALLBACK_LOGGER):
+        response = await provider.client.post("/balance", data=body, headers=headers)
+    assert response.status == (200 if signed else 401)
+    (record,) = [r for r in caplog.records if r.name == CALLBACK_LOGGER]
+    request_id = orjson.loads(JsonLineFormatter().format(record))["request_id"]
+    assert (request_id == given) is kept
+    assert 0 < len(request_id) <= REQUEST_ID_CHARS_MAX
 
 
 # --- unstorable text --------------------------------------------------------------------------
