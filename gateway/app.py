@@ -43,7 +43,9 @@ class Services:
     def create(cls, settings: Settings, redis: Redis | None = None) -> "Services":
         redis = redis or connect_redis(settings)
         metrics = Metrics()
-        wallet = Wallet(redis, settings, metrics.redis_batch_seconds.observe)
+        wallet = Wallet(
+            redis, settings, metrics.redis_batch_seconds.observe, metrics.observe_incident
+        )
         return cls(settings, redis, wallet, Sessions(wallet), metrics)
 
     async def start(self) -> None:

@@ -102,7 +102,10 @@ class Metrics:
     def observe_outcome(self, outcome: str) -> None:
         """A new (not replayed) outcome of the wallet's, from a callback or the admin API."""
         if outcome in INCIDENT_OUTCOMES:
-            self.incidents.labels(outcome).inc()
+            self.observe_incident(outcome)
+
+    def observe_incident(self, kind: str) -> None:
+        self.incidents.labels(kind).inc()
 
     def render(self) -> tuple[bytes, str]:
         workers_dir = os.environ.get(MULTIPROCESS_DIR_ENV)

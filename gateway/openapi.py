@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from gateway.callbacks import BODY_BYTES_MAX
-from gateway.outcomes import INCIDENT_OUTCOMES, OUTCOMES
+from gateway.outcomes import INCIDENT_KINDS, OUTCOMES
 from gateway.schemas import (
     ADMIN_REQUESTS,
     CALLBACK_REQUESTS,
@@ -217,12 +217,15 @@ def _components() -> dict[str, Any]:
         ),
         "Incident": _object(
             {
-                "kind": {"enum": sorted(INCIDENT_OUTCOMES)},
+                "kind": {"enum": sorted(INCIDENT_KINDS)},
                 "provider_tx_id": {"type": "string"},
                 "user_id": {"type": "string"},
                 "action": {"type": "string"},
                 "referenced_tx_id": {"type": "string"},
-                "request": {"type": "string", "description": "the refused request's raw body"},
+                "request": {
+                    "type": "string",
+                    "description": "the refused (or late, LATE_AFTER_CLOSE) request's raw body",
+                },
                 "recorded": {
                     "type": "string",
                     "description": (

@@ -58,6 +58,11 @@ INCIDENT_OUTCOMES = frozenset(
     }
 )
 
+# A call applied after its round was closed (PROTOCOL.md §7): an incident, but answered as usual,
+# so no outcome of its own.
+LATE_AFTER_CLOSE = "LATE_AFTER_CLOSE"
+INCIDENT_KINDS = INCIDENT_OUTCOMES | {LATE_AFTER_CLOSE}
+
 
 def status_of(outcome: str) -> int:
     return OUTCOMES[outcome][0]

@@ -56,8 +56,14 @@ def withdraw_keys(
     live_session: str,  # the player's live-session pointer
     tombstone: str,  # of this tx id, left by a rollback that overtook it
     early_win: str,  # of this tx id, left by a win that overtook it
+    incidents: str,
+    round_closed: str,  # of the call's round (in the round's shard)
+    session_index: str,  # session token -> user_id (in the token's shard), refreshed with it
 ) -> tuple[str, ...]:
-    return (player, session, live_session, tombstone, early_win)
+    return (
+        player, session, live_session, tombstone, early_win, incidents, round_closed,
+        session_index,
+    )  # fmt: skip
 
 
 def withdraw_arguments(
@@ -79,9 +85,14 @@ def settle_keys(
     tombstone: str,  # of the bet
     early_win: str,  # of the bet
     bet_seen_filter: str,  # of the bet id's shard
+    round_closed: str,  # of the call's round (in the round's shard)
 ) -> tuple[str, ...]:
-    """credit.lua and rollback.lua: the player and everything of the referenced bet."""
-    return (player, bet_record, bet_owner, incidents, tombstone, early_win, bet_seen_filter)
+    """credit.lua and rollback.lua: the player, everything of the referenced bet, and whether
+    the call's round is closed."""
+    return (
+        player, bet_record, bet_owner, incidents, tombstone, early_win, bet_seen_filter,
+        round_closed,
+    )  # fmt: skip
 
 
 def settle_arguments(

@@ -50,12 +50,10 @@ class Sessions:
                 self.keys.session(shard, session_token),
                 self.keys.live_session(shard, user_id),
                 self.keys.events(shard),
+                self.keys.session_index(self.keys.shard(session_token), session_token),
             ],
             (session_token, user_id, now_ms(), self.wallet.session_ttl_ms, source),
         )
-        if outcome == OK:
-            index = self.keys.session_index(self.keys.shard(session_token), session_token)
-            await self.wallet.redis.set(index, user_id, px=self.wallet.session_ttl_ms)
         return outcome
 
     async def authenticate(self, request: AuthRequest) -> tuple[str, dict[str, Any] | None]:
@@ -81,6 +79,7 @@ class Sessions:
                 keys.player(shard, user_id),
                 keys.session(shard, request.session_token),
                 keys.live_session(shard, user_id),
+                index,
             ],
             (
                 request.session_token,

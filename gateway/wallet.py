@@ -55,11 +55,14 @@ class WalletReply:
     operator_tx_id: str
     currency: str
     replayed: bool
+    incident: str = ""  # an incident besides the outcome (LATE_AFTER_CLOSE), new calls only
 
     @classmethod
     def from_script(cls, reply: list[Any]) -> "WalletReply":
-        outcome, balance, operator_tx_id, currency, replayed = reply
-        return cls(outcome, int(balance), operator_tx_id, currency, replayed == 1)
+        outcome, balance, operator_tx_id, currency, replayed, *incident = reply
+        return cls(
+            outcome, int(balance), operator_tx_id, currency, replayed == 1, *incident[:1]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,10 @@ class Wallet:
         redis: Redis,
         settings: Settings,
         observe_batch_seconds: Callable[[float], None] | None = None,
+        observe_incident: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = redis
+        self._observe_incident = observe_incident
         self.settings = settings
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
@@ -172,6 +177,9 @@ class Wallet:
             await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
             reply = WalletReply.from_script(await self.run_script(script, keys, arguments("1")))
         assert reply.outcome != LOOKUP_HISTORY, "a script asked for the history twice"
+        # answered as usual, so the callback's outcome does not count it
+        if reply.incident and self._observe_incident is not None:
+            self._observe_incident(reply.incident)
         return reply
 
     async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
@@ -207,6 +215,11 @@ class Wallet:
                     live_session=keys.live_session(shard, request.user_id),
                     tombstone=keys.tombstone(shard, request.provider_tx_id),
                     early_win=keys.early_win(shard, request.provider_tx_id),
+                    incidents=keys.incidents(shard),
+                    round_closed=keys.round_closed(keys.shard(request.round_id), request.round_id),
+                    session_index=keys.session_index(
+                        keys.shard(request.session_token), request.session_token
+                    ),
                 ),
             ],
             request,
@@ -241,6 +254,7 @@ class Wallet:
                     tombstone=keys.tombstone(shard, bet_tx_id),
                     early_win=keys.early_win(shard, bet_tx_id),
                     bet_seen_filter=keys.seen_filter(keys.shard(bet_tx_id)),
+                    round_closed=keys.round_closed(keys.shard(request.round_id), request.round_id),
                 ),
             ],
             request,

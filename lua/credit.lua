@@ -2,6 +2,7 @@
 -- bet's, player's shard), KEYS[7] bet_owner (of the referenced bet id), KEYS[8] incidents (list),
 -- KEYS[9] tombstone (of the bet), KEYS[10] early_win (marker of the bet),
 -- KEYS[11] bet_seen_filter (the seen-id filter of the bet id's shard).
+-- KEYS[12] round_closed (marker of the call's round, in the round's shard).
 -- ARGV[16] bet_offsets (the bet id's offsets in that filter).
 -- Settlement is never refused for an expired session: no session is checked.
 local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
@@ -64,6 +65,8 @@ if over_balance_limit(balance, amount) then
     balance, currency)
 end
 
+local closed_by = round_closed_by(KEYS[12])
+
 if settles == 'open' then
   redis.call('HSET', bet_key, 'state', 'won')
 elseif settles == 'early' then
@@ -72,4 +75,4 @@ elseif settles == 'early' then
   remember_bet(bet_filter_key, bet_offsets)  -- so the marker outlives its retention
 end
 local new_balance = redis.call('HINCRBY', player_key, 'balance', amount)
-return finish('OK', new_balance, currency, amount, extra)
+return finish_applied('OK', new_balance, currency, amount, extra, closed_by, incidents_key)

@@ -160,6 +160,29 @@ local function refuse_as_incident(incidents_key, kind, recorded, balance, curren
   return reply
 end
 
+-- PROTOCOL.md §7: a call for a round already closed is answered and applied as usual (the
+-- provider is authoritative on money), but is a LATE_AFTER_CLOSE incident, and its event says
+-- `late` so the writer compares the round again. The close's tx id, or false. A read: call it
+-- before the script writes.
+local function round_closed_by(round_closed_key)
+  return redis.call('GET', round_closed_key)
+end
+
+-- finish() of an applied call; when late (`closed_by`), also listed as an incident, with its
+-- outcome kept (it is not refused). The reply's sixth entry tells the gateway's metrics.
+local function finish_applied(outcome, balance, currency, delta, extra, closed_by, incidents_key)
+  if not closed_by then return finish(outcome, balance, currency, delta, extra) end
+  local why = 'round closed by ' .. closed_by
+  local reply = finish(outcome, balance, currency, delta, extra, {'late', '1', 'recorded', why})
+  redis.call('LPUSH', incidents_key, cjson.encode({
+    kind = 'LATE_AFTER_CLOSE', provider_tx_id = tx_id, user_id = user_id, action = action,
+    referenced_tx_id = ref_id, request = request_body, recorded = why, ts = tonumber(now_ms),
+  }))
+  redis.call('LTRIM', incidents_key, 0, INCIDENTS_KEPT_MAX - 1)
+  reply[6] = 'LATE_AFTER_CLOSE'
+  return reply
+end
+
 -- A player's currency and balance, checked: a balance that is not an integer within the limit
 -- is an error before any write (never a half-applied call on a corrupt wallet).
 local function read_player(player_key)

@@ -2,6 +2,7 @@
 -- bet's, player's shard), KEYS[7] bet_owner (of the referenced bet id), KEYS[8] incidents (list),
 -- KEYS[9] tombstone (of the bet), KEYS[10] early_win (marker of the bet),
 -- KEYS[11] bet_seen_filter (the seen-id filter of the bet id's shard).
+-- KEYS[12] round_closed (marker of the call's round, in the round's shard).
 -- ARGV[16] bet_offsets (the bet id's offsets in that filter).
 local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
       bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
@@ -61,7 +62,8 @@ if over_balance_limit(balance, refund) then
   return refuse_as_incident(incidents_key, 'BALANCE_LIMIT', 'balance ' .. int_text(balance),
     balance, currency)
 end
+local closed_by = round_closed_by(KEYS[12])
 
 redis.call('HSET', bet_key, 'state', 'rolledback')
 local new_balance = redis.call('HINCRBY', player_key, 'balance', refund)
-return finish('OK', new_balance, currency, refund, {})
+return finish_applied('OK', new_balance, currency, refund, {}, closed_by, incidents_key)

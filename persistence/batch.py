@@ -31,7 +31,13 @@ from persistence.events import (
     TX_EXTRAS,
     TX_KIND,
 )
-from persistence.rounds import RoundClose, provider_totals, record_round_closes
+from persistence.rounds import (
+    LateCall,
+    RoundClose,
+    provider_totals,
+    record_late_calls,
+    record_round_closes,
+)
 from persistence.streams import stream_id_ms
 
 log = logging.getLogger("persistence.batch")
@@ -293,6 +299,7 @@ class HistoryBatch:
     refused_adjustments: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: list[tuple[Any, ...]] = field(default_factory=list)
     closes: list[RoundClose] = field(default_factory=list)
+    late: list[LateCall] = field(default_factory=list)
     rejected: list[tuple[str, str, str, str]] = field(default_factory=list)
     incidents: int = 0
     tx_entries: dict[str, Entry] = field(default_factory=dict)  # by stream id, for conflicts
@@ -371,6 +378,18 @@ class HistoryBatch:
             self.closes.append(_round_close(entry_id, fields))
         incident = fields.get(TX_EXTRAS.incident) or None
         self.incidents += incident is not None
+        if fields.get(TX_EXTRAS.late) == "1":
+            self.late.append(
+                LateCall(
+                    _field(fields, TX.tx),
+                    _field(fields, TX.user),
+                    _field(fields, TX.round),
+                    _optional_text(fields, TX.ref),
+                    _field(fields, TX.req),
+                    _field(fields, TX_EXTRAS.recorded),
+                    _created_at(fields),
+                )
+            )
         self.transactions.append(
             (
                 _field(fields, TX.tx),
@@ -431,6 +450,8 @@ class HistoryBatch:
                 await connection.execute(INSERT_STAGED_INCIDENTS)
         if self.closes:
             await record_round_closes(connection, self.closes)
+        if self.late:
+            await record_late_calls(connection, self.late)
         if self.rejected:
             await connection.executemany(INSERT_REJECTED, self.rejected)
 

@@ -39,6 +39,7 @@ class TxEventExtras(NamedTuple):
     early_win: str  # '1': a win that overtook its bet
     stakes: str  # CLOSE_ROUND: JSON array of millis
     coefficients: str  # CLOSE_ROUND: JSON array of cash-out coefficients as text
+    late: str  # '1': a call applied after its round was closed (LATE_AFTER_CLOSE)
 
 
 class TxRecord(NamedTuple):
@@ -54,9 +55,11 @@ class TxRecord(NamedTuple):
     action: str
 
 
-# The extras a record keeps: the event's, but `recorded` (an incident's view of the bet), which
-# only the event carries.
-RECORD_EXTRAS = tuple(name for name in TxEventExtras._fields if name != "recorded")
+# The extras a record keeps: the event's, but `recorded` (an incident's view of the bet) and
+# `late` (the history's incident and the round's new comparison), which only the event carries.
+RECORD_EXTRAS = tuple(
+    name for name in TxEventExtras._fields if name not in ("recorded", "late")
+)
 
 
 class PlayerEvent(NamedTuple):

@@ -40,7 +40,7 @@ from redis.asyncio.client import Pipeline
 from gateway import clock
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
-from gateway.outcomes import INCIDENT_OUTCOMES
+from gateway.outcomes import INCIDENT_KINDS
 from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME, run_with_redis
 from gateway.schemas import CLOSE_ROUND_ACTION
 from gateway.seen_filter import filter_offsets
@@ -301,7 +301,7 @@ async def _restore_incidents(
     """The admin API's incident lists, oldest first so the newest end up at the head."""
     lists: set[str] = set()
     async for row in connection.cursor(
-        INCIDENTS, sorted(INCIDENT_OUTCOMES), prefetch=RESTORE_FETCH_ROWS
+        INCIDENTS, sorted(INCIDENT_KINDS), prefetch=RESTORE_FETCH_ROWS
     ):
         key = keys.incidents(keys.shard(row["user_id"]))
         if force and key not in lists:

@@ -21,6 +21,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.outcomes import LATE_AFTER_CLOSE
+
 # Bets of a round may carry stream times up to this much after the close (clock skew between
 # Redis nodes); the comparison waits that much longer.
 ROUND_CLOSE_SKEW_MS = 1000
@@ -130,6 +132,53 @@ async def record_round_closes(connection: asyncpg.Connection, closes: list[Round
             for close in sorted(closes, key=lambda close: close.round_id)
         ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LateCall:
+    """A BET, WIN or ROLL_BACK applied after its round was closed (its event says `late`)."""
+
+    provider_tx_id: str
+    user_id: str
+    round_id: str
+    bet_tx_id: str | None
+    request: str
+    recorded: str  # which close it came after
+    created_at: datetime
+
+
+INSERT_LATE_INCIDENT = f"""
+INSERT INTO incidents (kind, provider_tx_id, user_id, round_id, bet_tx_id, request, recorded,
+                       created_at)
+VALUES ('{LATE_AFTER_CLOSE}', $1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (kind, provider_tx_id) DO NOTHING
+"""
+
+# The settle loop compares a pending round again; its previous result stays in the row until then.
+REOPEN_ROUNDS = """
+UPDATE rounds SET status = 'pending' WHERE round_id = ANY($1::text[]) AND status <> 'pending'
+"""
+
+
+async def record_late_calls(connection: asyncpg.Connection, late: list[LateCall]) -> None:
+    """PROTOCOL.md §7: each late call an incident, and its round compared again. Called after
+    record_round_closes: a close in the same batch is pending already."""
+    await connection.executemany(
+        INSERT_LATE_INCIDENT,
+        [
+            (
+                call.provider_tx_id,
+                call.user_id,
+                call.round_id,
+                call.bet_tx_id,
+                call.request,
+                call.recorded,
+                call.created_at,
+            )
+            for call in sorted(late, key=lambda call: call.provider_tx_id)
+        ],
+    )
+    await connection.execute(REOPEN_ROUNDS, sorted({call.round_id for call in late}))
 
 
 async def ledger_totals(connection: asyncpg.Connection, round_id: str) -> RoundTotals:

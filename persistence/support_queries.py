@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from persistence.batch import datetime_to_ms, ms_to_datetime
-from persistence.rounds import RoundTotals, ledger_totals, round_differences
+from persistence.rounds import PENDING, RoundTotals, ledger_totals, round_differences
 
 TRANSACTIONS_PAGE_MAX = 500
 ROUND_ROWS_MAX = 10_000  # transactions listed for one round
@@ -36,6 +36,14 @@ SELECT {TRANSACTION_COLUMNS},
                WHERE r.bet_tx_id = t.provider_tx_id AND r.user_id = t.user_id)
        AS rolled_back
 FROM transactions t
+WHERE round_id = $1
+ORDER BY created_at, id
+LIMIT $2
+"""
+
+# An operator's view of the round's incidents: late calls (PROTOCOL.md §7), a mismatch, 409s.
+ROUND_INCIDENTS = """
+SELECT kind, provider_tx_id, user_id, bet_tx_id, details, created_at FROM incidents
 WHERE round_id = $1
 ORDER BY created_at, id
 LIMIT $2
@@ -115,6 +123,7 @@ class SupportQueries:
             rows = await connection.fetch(ROUND_TRANSACTIONS, round_id, ROUND_ROWS_MAX)
             ledger = await ledger_totals(connection, round_id)
             close = await connection.fetchrow("SELECT * FROM rounds WHERE round_id = $1", round_id)
+            incidents = await connection.fetch(ROUND_INCIDENTS, round_id, ROUND_ROWS_MAX)
         if not rows and close is None:
             return None
         provider = None
@@ -132,11 +141,12 @@ class SupportQueries:
                 "closed_at": datetime_to_ms(close["closed_at"]),
             }
             result = close["status"]
-            # compared: as stored; pending: as the ledger stands now (may still change)
+            # compared: as stored; pending (also again, after a late call): as the ledger
+            # stands now (may still change)
             differences = (
-                orjson.loads(close["differences"])
-                if close["differences"] is not None
-                else round_differences(totals, ledger)
+                round_differences(totals, ledger)
+                if result == PENDING
+                else orjson.loads(close["differences"])
             )
         return {
             "round_id": round_id,
@@ -149,4 +159,15 @@ class SupportQueries:
             },
             "provider": provider,
             "differences": differences,
+            "incidents": [
+                {
+                    "kind": row["kind"],
+                    "provider_tx_id": row["provider_tx_id"],
+                    "user_id": row["user_id"],
+                    "bet_tx_id": row["bet_tx_id"],
+                    "details": None if row["details"] is None else orjson.loads(row["details"]),
+                    "created_at": datetime_to_ms(row["created_at"]),
+                }
+                for row in incidents
+            ],
         }

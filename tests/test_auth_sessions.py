@@ -335,6 +335,104 @@ async def test_settlement_is_never_refused_for_an_expired_session(
     assert await admin.balance(USER) == 11_000
 
 
+# --- the session index (session token -> player, for /auth which names no player) ----------
+
+
+def index_and_session_keys(services: Services, session_token: str) -> tuple[str, str]:
+    keys = services.wallet.keys
+    return (
+        keys.session_index(keys.shard(session_token), session_token),
+        keys.session(keys.shard(USER), session_token),
+    )
+
+
+async def redis_keys(services: Services) -> list[str]:
+    return sorted([key async for key in services.redis.scan_iter()])
+
+
+async def pass_time(services: Services, clock: ManualClock, ms: int) -> None:
+    """The wallet's clock moves by `ms`, and Redis' own by hand (it cannot be set): every TTL
+    shrinks by `ms`, and a key whose TTL runs out is deleted (PEXPIRE <= 0)."""
+    clock.advance(ms)
+    for key in await redis_keys(services):
+        ttl_ms = await services.redis.pttl(key)
+        if ttl_ms > 0:
+            await services.redis.pexpire(key, ttl_ms - ms)
+
+
+@pytest.mark.parametrize("path", ["/withdraw", "/auth"])
+async def test_a_session_kept_alive_past_a_day_still_authenticates(
+    provider: Provider,
+    admin: Admin,
+    services: Services,
+    clock: ManualClock,
+    player: Any,
+    path: str,
+) -> None:
+    """Issue 16: the index was written once, to live the idle limit plus a day, while each
+    callback refreshed the session record: after ~24.5 h of play /auth answered 404 while bets
+    went on. Each callback now refreshes both."""
+    wallet = services.wallet
+    session_token = await admin.open_session(USER)
+    index, session = index_and_session_keys(services, session_token)
+    step_ms = wallet.session_idle_ms - 60_000
+    played_ms, callbacks = 0, 0
+    while played_ms <= wallet.session_ttl_ms:  # until the index's first TTL is long past
+        await pass_time(services, clock, step_ms)
+        played_ms += step_ms
+        callbacks += 1
+        payload = (
+            {"session_token": session_token}
+            if path == "/auth"
+            else bet(USER, session_token, f"tx-{callbacks}", amount=1)
+        )
+        status, body = await provider.post(path, payload)
+        assert status == 200, body
+        # the index first: read later, the session's TTL can only be lower
+        index_ttl_ms = await services.redis.pttl(index)
+        session_ttl_ms = await services.redis.pttl(session)
+        assert session_ttl_ms > wallet.session_ttl_ms - step_ms  # refreshed by this callback
+        assert index_ttl_ms >= session_ttl_ms, (callbacks, index_ttl_ms, session_ttl_ms)
+    status, body = await provider.post("/auth", {"session_token": session_token})
+    assert status == 200, body
+    status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-last", amount=1))
+    assert status == 200, body
+
+
+async def test_opening_a_session_writes_its_index_in_the_same_script(
+    admin: Admin, services: Services, player: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No second step that a crash or a timeout could skip: the open_session script's own KEYS
+    name the index, and it is there, as long-lived as the session, once the open answers."""
+    wallet = services.wallet
+    open_session_keys: list[list[str]] = []
+    run_script = wallet.run_script
+
+    async def recording_run_script(script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+        if script is wallet.scripts.open_session:
+            open_session_keys.append(keys)
+        return await run_script(script, keys, args)
+
+    monkeypatch.setattr(wallet, "run_script", recording_run_script)
+    session_token = await admin.open_session(USER)
+    index, session = index_and_session_keys(services, session_token)
+    assert len(open_session_keys) == 1 and index in open_session_keys[0]
+    assert await services.redis.get(index) == USER
+    assert await services.redis.pttl(index) >= await services.redis.pttl(session) > 0
+
+
+async def test_opening_a_session_of_an_unknown_player_writes_no_session_and_no_index(
+    admin: Admin, services: Services, player: Any
+) -> None:
+    """Checks first, then writes: the refused open leaves every key and the stream as they were."""
+    keys_before = await redis_keys(services)
+    events_before = await stream_event_count(services)
+    status, body = await admin.call("POST", "/admin/sessions", {"user_id": "nobody"})
+    assert status == 404, body
+    assert await redis_keys(services) == keys_before
+    assert await stream_event_count(services) == events_before
+
+
 # --- /balance -------------------------------------------------------------------------------
 
 

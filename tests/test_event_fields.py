@@ -22,7 +22,7 @@ XADD_CALL = re.compile(r"redis\.call\('XADD', KEYS\[\d+\], '\*', ([^)]*)\)")
 EVENT_TABLE = re.compile(r"local event = \{([^}]*)\}")
 # finish(outcome, balance, currency, delta, extra[, event_extra])
 FINISH_EXTRAS = re.compile(
-    r"finish\([^,]+, [^,]+, [^,]+, [^,]+, (\{[^}]*\}|\w+)(?:, (\{[^}]*\}))?\)"
+    r"finish(?:_applied)?\([^,]+, [^,]+, [^,]+, [^,]+, (\{[^}]*\}|\w+)(?:, (\{[^}]*\}))?[,)]"
 )
 
 
