@@ -131,8 +131,6 @@ RollbackAction = Literal["ROLL_BACK"]
 CloseRoundAction = Literal["CLOSE_ROUND"]
 
 BET_ACTIONS = frozenset(get_args(BetAction))
-WIN_ACTIONS = frozenset(get_args(WinAction))
-(ROLLBACK_ACTION,) = get_args(RollbackAction)
 (CLOSE_ROUND_ACTION,) = get_args(CloseRoundAction)
 
 
