@@ -5,15 +5,18 @@ session's real PostgreSQL, migrated; a history writer on the test's Redis."""
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from aiohttp import web
 
 from gateway.app import Services
 from gateway.embedded import EmbeddedPostgres
 from gateway.schemas import BetRequest
 from gateway.settings import Settings
+from gateway.support import SupportApi
 from gateway.wallet import WalletReply
 from persistence.schema import migrate
 from persistence.writer import HistoryWriter, WriterLimits
@@ -134,3 +137,13 @@ class Traffic:
 @pytest.fixture
 def traffic(services: Services) -> Traffic:
     return Traffic(services)
+
+
+@pytest.fixture
+async def support_client(database_url: str, aiohttp_client: Any) -> AsyncIterator[Any]:
+    """The admin API's support reads on the test's database alone."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    app = web.Application()
+    app.add_routes(SupportApi(pool).routes())
+    yield await aiohttp_client(app)
+    await pool.close()

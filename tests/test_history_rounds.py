@@ -1,19 +1,16 @@
 """The post-round hook (PROTOCOL.md §7): the provider's aggregate of a closed round against our
 ledger, stored once per round; and the support views of the history."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import orjson
-import pytest
-from aiohttp import web
 from payloads import bet, close_round, rollback, win
 
 from gateway.app import Services
 from gateway.keys import KeySpace
-from gateway.support import SupportApi
 from persistence.batch import STAGING_DDL, HistoryBatch
 from persistence.rounds import provider_totals
 from persistence.streams import GROUP
@@ -144,15 +141,6 @@ async def test_a_close_is_compared_only_once_the_bets_streams_are_written_past_i
 
     await drain()  # the slow writer's entries are reclaimed, then the round is compared
     assert await database.fetchval("SELECT status FROM rounds") == "match"
-
-
-@pytest.fixture
-async def support_client(database_url: str, aiohttp_client: Any) -> AsyncIterator[Any]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    app = web.Application()
-    app.add_routes(SupportApi(pool).routes())
-    yield await aiohttp_client(app)
-    await pool.close()
 
 
 async def test_support_api_pages_a_players_transactions_newest_first(

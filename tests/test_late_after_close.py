@@ -1,32 +1,20 @@
 """A BET, WIN or ROLL_BACK that arrives after its round was closed (PROTOCOL.md §7): answered and
 applied as usual, listed as a LATE_AFTER_CLOSE incident, and the round compared again."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiohttp import web
 from helpers import incident_metric, incidents
 from payloads import bet, close_round, rollback, win
-
-from gateway.support import SupportApi
 
 pytest_plugins = ("history_fixtures",)
 
 Drain = Callable[[], Awaitable[None]]
 ROUND = "round-late"
 CLOSE_TX = f"{ROUND}-operator-close-round"
-
-
-@pytest.fixture
-async def support_client(database_url: str, aiohttp_client: Any) -> AsyncIterator[Any]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    app = web.Application()
-    app.add_routes(SupportApi(pool).routes())
-    yield await aiohttp_client(app)
-    await pool.close()
 
 
 async def play_and_close(provider: Any, admin: Any, drain: Drain) -> str:
