@@ -3,14 +3,32 @@
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Protocol, cast
 
 from gateway.instance import check_ports_free, data_dir_locked
 from gateway.logs import configure_logging
-from gateway.settings import Settings, add_setting_flags, load_settings
+from gateway.recorded_stack import (
+    RecordedStack,
+    data_dir_of,
+    nothing_running_from,
+    recorded_stack,
+    running_stack,
+    stack_file,
+)
+from gateway.settings import (
+    EMBEDDED_ONLY_SETTINGS,
+    STORE_SETTINGS,
+    Settings,
+    add_setting_flags,
+    load_settings,
+    setting_names,
+)
 from gateway.signing import KeyRing
 
 # The composition root (DESIGN.md): the one module that may import every package. It imports
@@ -19,13 +37,14 @@ from gateway.signing import KeyRing
 log = logging.getLogger("gateway.cli")
 
 
-def _print_banner(settings: Settings) -> None:
+def _print_banner(settings: Settings, stack: "RecordedStack") -> None:
     key_ring = KeyRing.parse(settings.provider_keys)
     lines = [
         "wallet-gateway is up",
-        f"  callbacks  http://{settings.gateway_host}:{settings.gateway_port}"
-        "  (/auth /withdraw /deposit /balance)",
-        f"  admin API  http://{settings.admin_host}:{settings.admin_port}/admin",
+        f"  callbacks  {stack.callbacks_url}  (/auth /withdraw /deposit /balance)",
+        f"  admin API  {stack.admin_url}/admin",
+        f"  launch API {settings.provider_base_url}  (PROVIDER_BASE_URL: `wallet-gateway simulate`"
+        " serves it by default)",
         f"  redis      {settings.redis_url}",
         f"  postgres   {settings.database_url or '(none)'}",
         f"  admin token  {settings.admin_token}",
@@ -34,26 +53,45 @@ def _print_banner(settings: Settings) -> None:
         f"  provider key {public}  secret {key_ring.secret(public)}"
         for public in key_ring.public_keys()
     ]
-    lines.append("Ctrl-C stops everything.")
+    lines += [
+        f"Recorded in {stack_file(settings.data_dir)}: reconcile, restore, simulate, conformance"
+        " and call find this stack by themselves. For curl and locust:",
+        stack.export_line(),
+        "Ctrl-C stops everything.",
+    ]
     print("\n".join(lines), flush=True)
 
 
 def command_up(settings: Settings) -> int:
     from gateway import server
-    from gateway.stack import EmbeddedStack, ensure_credentials
+    from gateway.stack import EmbeddedStack, ensure_credentials, record_of
     from persistence.schema import migrate
 
     with data_dir_locked(settings.data_dir):
         check_ports_free(settings)
-        settings = ensure_credentials(settings)
-        stack = EmbeddedStack(settings)
+        settings = _with_simulated_provider(ensure_credentials(settings))
+        stack = EmbeddedStack(settings, recorded_stack(settings.data_dir))
         try:
             settings = stack.start(settings)
             asyncio.run(migrate(settings.database_url))
-            server.run(settings, started=lambda: _print_banner(settings), with_writer=True)
+            record = record_of(settings)
+            record.save(settings.data_dir)
+            server.run(settings, started=lambda: _print_banner(settings, record), with_writer=True)
         finally:
             stack.stop()
     return 0
+
+
+def _with_simulated_provider(settings: Settings) -> Settings:
+    """`up` is a development stack: unless told otherwise, its launch calls go to the provider
+    simulator's launch API, which knows the stack's first key pair."""
+    from provider.launch_api import LAUNCH_API_URL_DEFAULT
+
+    return settings.replace(
+        provider_base_url=settings.provider_base_url or LAUNCH_API_URL_DEFAULT,
+        provider_public_key=settings.provider_public_key
+        or KeyRing.parse(settings.provider_keys).public_keys()[0],
+    )
 
 
 def command_serve(settings: Settings) -> int:
@@ -71,7 +109,9 @@ def command_serve(settings: Settings) -> int:
 def _needs(settings: Settings, *names: str) -> Settings:
     missing = [name.upper() for name in names if not getattr(settings, name)]
     if missing:
-        raise ValueError(f"this command needs {' and '.join(missing)}")
+        raise ValueError(
+            f"needs {' and '.join(missing)}: {nothing_running_from(settings.data_dir)}"
+        )
     return settings
 
 
@@ -99,6 +139,13 @@ COMMANDS: dict[str, tuple[Callable[[Settings], int], str]] = {
     "serve": (command_serve, "run the gateway and admin API against REDIS_URL"),
     "migrate": (command_migrate, "apply the history's SQL migrations to DATABASE_URL"),
     "reconcile": (command_reconcile, "prove Redis and PostgreSQL agree; exit 1 if they do not"),
+}
+# the settings each command reads: its --help offers these only
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "up": setting_names(),
+    "serve": setting_names(excluding=EMBEDDED_ONLY_SETTINGS),
+    "migrate": ("database_url", "log_level", "data_dir"),
+    "reconcile": (*STORE_SETTINGS, "record_retention_seconds", "data_dir"),
 }
 
 
@@ -132,7 +179,39 @@ TOOLS: dict[str, tuple[str, str]] = {
         "persistence.restore",
         "rebuild the hot wallet from PostgreSQL into an empty Redis",
     ),
+    "call": ("provider.call", "sign and send one callback with the stack's keys; print the answer"),
 }
+# Commands that use a stack rather than run one: what they are not told, they take from the
+# stack a `wallet-gateway up` runs from their DATA_DIR (gateway.recorded_stack).
+STACK_CLIENTS = {"migrate", "reconcile", "restore", "simulate", "conformance", "call"}
+# option -> the recorded stack's field it defaults to
+STACK_DEFAULTS = {
+    "url": "callbacks_url",
+    "public_key": "public_key",
+    "secret": "secret",
+    "admin_url": "admin_url",
+    "admin_token": "admin_token",
+    "redis_url": "redis_url",
+    "database_url": "database_url",
+    "provider_keys": "provider_keys",
+}
+SETTING_ENV_NAMES = {setting.name: setting.metadata["env"] for setting in fields(Settings)}
+
+
+def fill_from_running_stack(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Each option of STACK_DEFAULTS the command has and its flag left empty gets its
+    environment variable's value (a setting's, such as ADMIN_TOKEN), else the running stack's."""
+    if args.command not in STACK_CLIENTS:
+        return
+    stack = running_stack(data_dir_of(getattr(args, "data_dir", None)))
+    for option, recorded in STACK_DEFAULTS.items():
+        if not hasattr(args, option) or getattr(args, option):
+            continue
+        from_environment = environ.get(SETTING_ENV_NAMES.get(option, ""))
+        if from_environment:
+            setattr(args, option, from_environment)
+        elif stack is not None:
+            setattr(args, option, getattr(stack, recorded))
 
 
 def load_tool(name: str) -> Tool:
@@ -142,23 +221,37 @@ def load_tool(name: str) -> Tool:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """Every command with its help line; the options of a tool only when `argv` chooses it
-    (the top level has no options of its own: its first word is the command)."""
+    (the top level has no options but --version: its first word is the command)."""
     chosen = next((word for word in argv if not word.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="wallet-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wallet-gateway",
+        description=__doc__,
+        epilog="Start with `wallet-gateway up`; `wallet-gateway COMMAND --help` for a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subcommands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        add_setting_flags(subcommands.add_parser(name, help=help_text))
+        subparser = subcommands.add_parser(name, help=help_text, description=help_text)
+        add_setting_flags(subparser, COMMAND_SETTINGS[name])
     for name, (_, help_text) in TOOLS.items():
-        subparser = subcommands.add_parser(name, help=help_text)
+        subparser = subcommands.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             load_tool(name).add_arguments(subparser)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("wallet-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
+        fill_from_running_stack(args, os.environ)
         if args.command in TOOLS:
             configure_logging("WARNING")  # a tool that reads settings sets their level itself
             return load_tool(args.command).run(args)

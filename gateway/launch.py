@@ -5,10 +5,12 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from gateway.schemas import InvalidRequest, identifier
 
 LAUNCH_TIMEOUT_SECONDS = 10
+PROVIDER_REASON_CHARS_MAX = 200
 
 
 class ProviderUnavailable(Exception):
@@ -42,6 +44,21 @@ class LaunchRequest:
         }
 
 
+def _reason_in(body: bytes) -> str:
+    """The provider's own words for a refusal: its JSON `error` or `message`, else the start
+    of its text; one line, bounded, so that a provider's page cannot flood our answer."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        words = parsed.get("error") or parsed.get("message")
+        text = words if isinstance(words, str) else ""
+    else:
+        text = body.decode(errors="replace")
+    return " ".join(text.split())[:PROVIDER_REASON_CHARS_MAX]
+
+
 class LaunchClient:
     def __init__(self, base_url: str, public_key: str, operator_id: str) -> None:
         self.base_url = base_url.rstrip("/")
@@ -60,7 +77,8 @@ class LaunchClient:
                     headers={"X-Public-Key": self.public_key},
                 ) as response:
                     if response.status != 200:
-                        raise ProviderUnavailable(f"provider answered {response.status}")
+                        reason = _reason_in(await response.read()) or "no reason given"
+                        raise ProviderUnavailable(f"provider answered {response.status}: {reason}")
                     try:
                         return await response.json(content_type=None)
                     except ValueError as exc:

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -97,18 +98,33 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (`--gateway-port`), defaulting to the environment."""
+# What each kind of command reads; its --help offers only these.
+STORE_SETTINGS = ("redis_url", "database_url", "redis_timeout_ms", "shards", "log_level")
+EMBEDDED_ONLY_SETTINGS = ("data_dir", "redis_server_bin", "pg_bin_dir", "redis_appendfsync")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Collection[str] = ()) -> None:
+    """One flag per setting (`--gateway-port`) of `names` (default: all), defaulting to the
+    environment, then to the setting's default."""
     for setting in fields(Settings):
+        if names and setting.name not in names:
+            continue
         flag = "--" + setting.name.replace("_", "-")
+        default = f", default {setting.default}" if setting.default != "" else ""
         parser.add_argument(
             flag,
             dest=setting.name,
             default=None,
             metavar=setting.metadata["env"],
             # argparse %-formats a help text: a literal % must be doubled ("1% lookups")
-            help=f"{setting.metadata['help']} (env {setting.metadata['env']})".replace("%", "%%"),
+            help=f"{setting.metadata['help']} (env {setting.metadata['env']}{default})".replace(
+                "%", "%%"
+            ),
         )
+
+
+def setting_names(*, excluding: Collection[str] = ()) -> tuple[str, ...]:
+    return tuple(setting.name for setting in fields(Settings) if setting.name not in excluding)
 
 
 def load_settings(

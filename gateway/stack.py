@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.recorded_stack import RecordedStack
 from gateway.settings import Settings
 
 CREDENTIALS_FILE_NAME = "credentials.json"
@@ -34,9 +35,11 @@ def ensure_credentials(settings: Settings) -> Settings:
 
 
 class EmbeddedStack:
-    """The servers `up` starts when no REDIS_URL / DATABASE_URL is given."""
+    """The servers `up` starts when no REDIS_URL / DATABASE_URL is given, on the ports the
+    last `up` of this data folder recorded while they are free (a shell that exported the
+    URLs, a client configured once, keep working across restarts)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, previous: RecordedStack | None = None) -> None:
         data_dir = Path(settings.data_dir).absolute()
         self.redis = None
         self.postgres = None
@@ -47,11 +50,13 @@ class EmbeddedStack:
                 redis_server_bin=Path(settings.redis_server_bin)
                 if settings.redis_server_bin
                 else None,
+                port=previous.port_of("redis_url") if previous else None,
             )
         if not settings.database_url:
             self.postgres = EmbeddedPostgres(
                 data_dir / "postgres",
                 pg_bin_dir=Path(settings.pg_bin_dir) if settings.pg_bin_dir else None,
+                port=previous.port_of("database_url") if previous else None,
             )
 
     def start(self, settings: Settings) -> Settings:
@@ -68,3 +73,16 @@ class EmbeddedStack:
         for server in (self.postgres, self.redis):
             if server is not None:
                 server.stop()
+
+
+def record_of(settings: Settings) -> RecordedStack:
+    """The stack these settings (of a started `up`) describe."""
+    return RecordedStack(
+        callbacks_url=f"http://{settings.gateway_host}:{settings.gateway_port}",
+        admin_url=f"http://{settings.admin_host}:{settings.admin_port}",
+        launch_api_url=settings.provider_base_url,
+        redis_url=settings.redis_url,
+        database_url=settings.database_url,
+        provider_keys=settings.provider_keys,
+        admin_token=settings.admin_token,
+    )

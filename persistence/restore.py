@@ -44,7 +44,7 @@ from gateway.outcomes import INCIDENT_KINDS
 from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME, run_with_redis
 from gateway.schemas import CLOSE_ROUND_ACTION
 from gateway.seen_filter import filter_offsets
-from gateway.settings import Settings, add_setting_flags, load_settings
+from gateway.settings import STORE_SETTINGS, Settings, add_setting_flags, load_settings
 from persistence.batch import datetime_to_ms, ms_to_datetime
 from persistence.postgres import connect_postgres
 from persistence.records import TRANSACTION_RECORDS, idempotency_record, record_key_and_owner
@@ -329,8 +329,12 @@ async def _restore_incidents(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`wallet-gateway restore`: the settings flags and --force."""
-    add_setting_flags(parser)
+    """`wallet-gateway restore`: the settings it reads (and DATA_DIR, where the CLI finds a
+    running stack) and --force."""
+    add_setting_flags(
+        parser,
+        (*STORE_SETTINGS, "record_retention_seconds", "idempotency_filter_bits", "data_dir"),
+    )
     parser.add_argument(
         "--force", action="store_true", help="restore into a Redis that is not empty"
     )

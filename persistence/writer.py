@@ -42,7 +42,7 @@ from gateway.keys import KeySpace
 from gateway.logs import configure_logging
 from gateway.redis_connection import WRITER_CLIENT_NAME, connect_background_redis
 from gateway.redis_errors import REDIS_UNREACHABLE
-from gateway.settings import Settings, add_setting_flags, load_settings
+from gateway.settings import STORE_SETTINGS, Settings, add_setting_flags, load_settings
 from persistence.batch import (
     EVENT_QUARANTINED,
     STAGING_DDL,
@@ -666,7 +666,7 @@ def run_writer_process(settings: Settings) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`wallet-gateway writer` and `python -m persistence.writer`: the settings flags and the
     writer's own."""
-    add_setting_flags(parser)
+    add_setting_flags(parser, STORE_SETTINGS)
     parser.add_argument("--consumer", help="consumer name (default: host-pid-random)")
     parser.add_argument("--batch-events-max", type=int, default=BATCH_EVENTS_MAX)
     parser.add_argument("--claim-idle-ms", type=int, default=CLAIM_IDLE_MS)

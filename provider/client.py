@@ -23,6 +23,7 @@ from typing import Any, Protocol, Self
 import aiohttp
 import orjson
 
+from gateway.recorded_stack import nothing_running_from
 from gateway.schemas import COEFFICIENTS_ATTRIBUTE, STAKES_ATTRIBUTE
 from gateway.signing import signed_headers
 
@@ -482,10 +483,20 @@ class OperatorAdmin(HttpClient):
 # --- command-line arguments both tools share ----------------------------------------------------
 
 
+STACK_NOTE = " (default: the running `wallet-gateway up`'s)"
+
+
 def add_wallet_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="the wallet's callback base URL")
-    parser.add_argument("--public-key", required=True, help="the provider key pair's public key")
-    parser.add_argument("--secret", required=True, help="the provider key pair's secret")
+    """The wallet to call; each option not given is taken from the stack `wallet-gateway up`
+    runs from --data-dir (the CLI fills them in: gateway.cli)."""
+    parser.add_argument("--url", help="the wallet's callback base URL" + STACK_NOTE)
+    parser.add_argument("--public-key", help="the provider key pair's public key" + STACK_NOTE)
+    parser.add_argument("--secret", help="the provider key pair's secret" + STACK_NOTE)
+    parser.add_argument(
+        "--data-dir",
+        help="the DATA_DIR of the `wallet-gateway up` to take defaults from"
+        " (default: $DATA_DIR, else .wallet-gateway)",
+    )
     parser.add_argument(
         "--timeout-seconds",
         type=float,
@@ -495,5 +506,20 @@ def add_wallet_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_admin_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin-url", help="this project's admin API base URL (players, launch)")
-    parser.add_argument("--admin-token", default="", help="bearer token of the admin API")
+    parser.add_argument(
+        "--admin-url", help="this project's admin API base URL (players, launch)" + STACK_NOTE
+    )
+    parser.add_argument(
+        "--admin-token", default="", help="bearer token of the admin API" + STACK_NOTE
+    )
+
+
+def require_wallet_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming every wallet option neither given nor found in a running stack."""
+    missing = [
+        "--" + name.replace("_", "-")
+        for name in ("url", "public_key", "secret")
+        if not getattr(args, name)
+    ]
+    if missing:
+        raise ValueError(f"needs {', '.join(missing)}: {nothing_running_from(args.data_dir)}")

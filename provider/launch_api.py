@@ -20,6 +20,9 @@ PLATFORMS = ("mobile", "desktop")
 PORTAL_MODES = ("real", "demo")
 LAUNCH_QUERY_REQUIRED = ("userToken", "currency", "platform", "portalMode", "returnUrl", "language")
 PLAYERS_MAX = 1_000
+LAUNCH_API_PORT_DEFAULT = 9090
+# where `wallet-gateway up` sends its launch calls unless PROVIDER_BASE_URL says otherwise
+LAUNCH_API_URL_DEFAULT = f"http://127.0.0.1:{LAUNCH_API_PORT_DEFAULT}"
 
 
 @dataclass

@@ -32,11 +32,13 @@ from provider.client import (
     bet_body,
     close_round_body,
     paid_millis,
+    require_wallet_arguments,
     rollback_body,
     win_body,
 )
 from provider.launch_api import (
     CLASSIC_GAME,
+    LAUNCH_API_PORT_DEFAULT,
     PLAYERS_MAX,
     SERVER_DRIVEN_GAME,
     LaunchApi,
@@ -407,8 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen-port",
         type=int,
-        default=9090,
-        help="launch API port; the wallet's PROVIDER_BASE_URL must point here (default 9090)",
+        default=LAUNCH_API_PORT_DEFAULT,
+        help="launch API port; the wallet's PROVIDER_BASE_URL must point here"
+        f" (default {LAUNCH_API_PORT_DEFAULT}, where `wallet-gateway up` points it)",
     )
     parser.add_argument("--players", type=int, default=4, help="players to launch (default 4)")
     parser.add_argument("--rounds", type=int, default=40, help="rounds to play (default 40)")
@@ -451,6 +454,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def simulate(args: argparse.Namespace) -> int:
+    require_wallet_arguments(args)
     check_within("players", args.players, PLAYERS_MAX, minimum=1)
     check_within("balance_millis", args.balance_millis, BALANCE_MILLIS_MAX)
     config = SimulatorConfig(

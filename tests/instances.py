@@ -36,7 +36,8 @@ def cli(*args: str) -> list[str]:
 class RunningUp:
     """`wallet-gateway up` on free ports and a data folder of its own; its JSON log in a file."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        """`settings`: environment variables of the child, beside the ports and DATA_DIR."""
         self.data_dir = data_dir.absolute()
         self.gateway_port, self.admin_port = free_port(), free_port()
         self.ports = {"GATEWAY_PORT": self.gateway_port, "ADMIN_PORT": self.admin_port}
@@ -50,7 +51,7 @@ class RunningUp:
                     *("--gateway-port", str(self.gateway_port)),
                     *("--admin-port", str(self.admin_port)),
                 ),
-                env=cli_env(),
+                env=cli_env(**settings),
                 stdout=subprocess.PIPE,
                 stderr=log,
             )

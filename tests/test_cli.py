@@ -5,11 +5,13 @@ import argparse
 import os
 import subprocess
 import sys
+from dataclasses import fields
+from importlib.metadata import version
 
 import pytest
 
-from gateway.cli import COMMANDS, TOOLS, build_parser, load_tool
-from gateway.settings import add_setting_flags
+from gateway.cli import COMMAND_SETTINGS, COMMANDS, TOOLS, build_parser, load_tool, main
+from gateway.settings import Settings
 
 HELP_SECONDS_MAX = 30
 TOOL_PACKAGES = ("provider", "persistence", "loadtests")
@@ -51,11 +53,27 @@ def test_a_tools_help_shows_its_own_options(name: str, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_a_commands_help_shows_the_settings_flags(
+def test_a_commands_help_shows_only_the_settings_it_reads_with_their_defaults(
     name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_code:
         build_parser([name, "--help"]).parse_args([name, "--help"])
     assert exit_code.value.code == 0
-    shown = capsys.readouterr().out
-    assert all(option in shown for option in options_of(add_setting_flags))
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for setting in fields(Settings):
+        flag = "--" + setting.name.replace("_", "-")
+        assert (flag in shown) == (setting.name in COMMAND_SETTINGS[name]), flag
+    assert "(env SHARDS, default 16)" in shown or "shards" not in COMMAND_SETTINGS[name]
+
+
+def test_each_command_reads_the_settings_it_offers() -> None:
+    assert set(COMMAND_SETTINGS["up"]) == {setting.name for setting in fields(Settings)}
+    assert "redis_url" not in COMMAND_SETTINGS["migrate"]
+    assert "data_dir" not in COMMAND_SETTINGS["serve"]  # serve runs nothing embedded
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--version"])
+    assert exit_code.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wallet-gateway {version('wallet-gateway')}"

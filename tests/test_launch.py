@@ -56,6 +56,9 @@ class FakeProvider:
             return web.json_response({"error": "internal"}, status=500)
         if self.mode == "garbage":
             return web.Response(text="<html>maintenance</html>", content_type="text/html")
+        if self.mode == "error-page":
+            page = "<html>\n" + "down for maintenance " * 10_000 + "</html>"
+            return web.Response(text=page, status=503, content_type="text/html")
         if self.mode == "incomplete":
             return web.json_response({"launch_url": "https://gp.example/play"})
         if self.mode == "null-session":
@@ -321,8 +324,20 @@ async def test_provider_that_refuses_our_public_key_is_a_clear_5xx(
     admin = Admin(await aiohttp_client(create_admin_app(launching)))
     provider = Provider(await aiohttp_client(create_gateway_app(launching)))
     await admin.create_player(USER, currency="EUR")
-    await assert_provider_unavailable(admin, provider)
+    body = await assert_provider_unavailable(admin, provider)
     assert fake.launches == []
+    # the provider's own reason, passed through: the operator sees which key to fix
+    assert body["message"] == "provider answered 401: unknown operator"
+
+
+async def test_a_providers_refusal_that_is_not_json_is_passed_through_on_one_bounded_line(
+    launcher: Launcher,
+) -> None:
+    launcher.fake.mode = "error-page"
+    body = await assert_provider_unavailable(launcher.admin, launcher.provider)
+    prefix = "provider answered 503: <html> down for maintenance down"
+    assert body["message"].startswith(prefix)
+    assert len(body["message"]) == len("provider answered 503: ") + launch.PROVIDER_REASON_CHARS_MAX
 
 
 async def test_slow_provider_times_out_as_a_clear_5xx(

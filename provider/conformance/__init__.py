@@ -10,7 +10,13 @@ import asyncio
 import secrets
 import sys
 
-from provider.client import OperatorAdmin, PlayerSource, add_admin_arguments, add_wallet_arguments
+from provider.client import (
+    OperatorAdmin,
+    PlayerSource,
+    add_admin_arguments,
+    add_wallet_arguments,
+    require_wallet_arguments,
+)
 from provider.conformance import (  # noqa: F401  (imported to register their rules)
     authentication,
     endpoints,
@@ -66,14 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def player_source(args: argparse.Namespace) -> PlayerSource:
-    if bool(args.player_hook) == bool(args.admin_url):
-        raise ValueError("give exactly one of --admin-url and --player-hook")
-    if args.player_hook:
+    if args.player_hook:  # chosen over an --admin-url, given or taken from the stack
         return PlayerHook(args.player_hook)
+    if not args.admin_url:
+        raise ValueError("needs --admin-url or --player-hook to create its test players")
     return OperatorAdmin(args.admin_url, args.admin_token, f"cf-{secrets.token_hex(4)}")
 
 
 async def check_wallet(args: argparse.Namespace) -> int:
+    require_wallet_arguments(args)
     currency = args.currency
     if not (len(currency) == 3 and currency.isascii() and currency.isupper()):
         raise ValueError("--currency must be 3 upper-case letters")

@@ -1,0 +1,186 @@
+"""A newcomer's first hour, as the README tells it: `up` in one shell; in another, with nothing
+exported but DATA_DIR (the shell's working folder would do), a signed bet, its replay, a win, a
+rollback, the simulator, the conformance kit and reconcile, each finding the stack by itself."""
+
+import asyncio
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from instances import RunningUp, cli, cli_env
+
+from gateway.embedded import free_port
+from gateway.recorded_stack import recorded_stack
+from provider.client import OperatorAdmin
+
+pytestmark = pytest.mark.slow  # `up` itself, and a child process per command
+
+COMMAND_SECONDS_MAX = 120
+PLAYER = "newcomer-1"
+OPENING_BALANCE = 100_000
+
+
+@pytest.fixture(scope="module")
+def launch_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def running_up(tmp_path_factory: pytest.TempPathFactory, launch_port: int) -> Iterator[RunningUp]:
+    # Only the launch API's address is given, so that the simulator can listen on a port free
+    # here; PROVIDER_PUBLIC_KEY is left to `up`, which must default it to the stack's key.
+    up = RunningUp(
+        tmp_path_factory.mktemp("first-hour") / "data",
+        PROVIDER_BASE_URL=f"http://127.0.0.1:{launch_port}",
+    )
+    try:
+        up.wait_until_up()
+        yield up
+    finally:
+        assert up.stop() == 0
+
+
+def another_shell(up: RunningUp) -> dict[str, str]:
+    """A second shell's environment: DATA_DIR and nothing of the stack's."""
+    env = cli_env(DATA_DIR=str(up.data_dir))
+    for name in ("REDIS_URL", "DATABASE_URL", "ADMIN_TOKEN", "PROVIDER_KEYS"):
+        env.pop(name, None)
+    return env
+
+
+def run(up: RunningUp, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cli(*args),
+        env=another_shell(up),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_SECONDS_MAX,
+        check=False,
+    )
+
+
+def answer(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The JSON `call` printed after the status line `< NNN`."""
+    _, _, printed = done.stdout.partition("\n< ")
+    return orjson.loads(printed.partition("\n")[2])
+
+
+@pytest.fixture(scope="module")
+def player(running_up: RunningUp) -> str:
+    stack = recorded_stack(str(running_up.data_dir))
+    assert stack is not None
+
+    async def create() -> None:
+        async with OperatorAdmin(stack.admin_url, stack.admin_token) as admin:
+            await admin.create_player(PLAYER, "USD", OPENING_BALANCE)
+
+    asyncio.run(create())
+    return PLAYER
+
+
+def test_up_records_its_stack_and_prints_a_paste_ready_export(running_up: RunningUp) -> None:
+    stack = recorded_stack(str(running_up.data_dir))
+    assert stack is not None
+    assert stack.callbacks_url == f"http://127.0.0.1:{running_up.gateway_port}"
+    assert stack.admin_url == f"http://127.0.0.1:{running_up.admin_port}"
+    assert (running_up.data_dir / "stack.json").stat().st_mode & 0o077 == 0  # holds secrets
+    export = next(line for line in running_up.banner if line.startswith("export "))
+    exported = dict(word.split("=", 1) for word in shlex.split(export)[1:])
+    assert exported == {
+        "WALLET_URL": stack.callbacks_url,
+        "ADMIN_URL": stack.admin_url,
+        "ADMIN_TOKEN": stack.admin_token,
+        "PUBLIC_KEY": stack.public_key,
+        "SECRET": stack.secret,
+        "PROVIDER_KEYS": stack.provider_keys,
+    }
+
+
+def test_a_signed_bet_its_replay_a_win_and_a_rollback_from_another_shell(
+    running_up: RunningUp, player: str
+) -> None:
+    bet_args = ("call", "withdraw", "--user", player, "--amount", "5440", "--tx", "b-1")
+    bet = run(running_up, *bet_args)
+    assert bet.returncode == 0, bet.stderr
+    assert answer(bet)["data"]["new_balance"] == OPENING_BALANCE - 5440  # type: ignore[index]
+
+    replay = run(running_up, *bet_args)
+    assert replay.returncode == 0, replay.stderr
+    assert answer(replay) == answer(bet)  # the same answer; the money moved once
+
+    other = run(running_up, "call", "withdraw", "--user", player, "--amount", "1", "--tx", "b-1")
+    assert other.returncode == 1
+    assert answer(other)["code"] == 409
+
+    win = run(
+        running_up,
+        *("call", "deposit", "--user", player, "--amount", "10880"),
+        *("--tx", "w-1", "--bet-tx", "b-1"),
+    )
+    assert win.returncode == 0, win.stderr
+    assert '"round_id":"r-b-1"' in win.stdout  # the bet's round, by default
+
+    run(running_up, "call", "withdraw", "--user", player, "--amount", "1000", "--tx", "b-2")
+    rollback = run(
+        running_up,
+        *("call", "deposit", "--action", "ROLL_BACK", "--user", player),
+        *("--tx", "rb-1", "--bet-tx", "b-2"),
+    )
+    assert rollback.returncode == 0, rollback.stderr
+
+    balance = run(running_up, "call", "balance", "--user", player)
+    assert answer(balance)["data"] == {  # type: ignore[comparison-overlap]
+        "currency": "USD",
+        "amount": OPENING_BALANCE - 5440 + 10880,
+    }
+
+
+def test_the_simulator_plays_against_the_default_stack(
+    running_up: RunningUp, launch_port: int
+) -> None:
+    done = run(
+        running_up,
+        *("simulate", "--listen-port", str(launch_port), "--players", "2", "--rounds", "6"),
+        *("--duration-seconds", "60", "--seed", "7"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"balances 2 match the ledger, 0 differ", done.stdout), done.stdout
+
+
+def test_the_conformance_kit_and_reconcile_find_the_stack(running_up: RunningUp) -> None:
+    kit = run(running_up, "conformance", "--rule", "*replay*")
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
+
+    reconciled = run(running_up, "reconcile")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert "Reconciliation: AGREES" in reconciled.stdout
+
+
+def test_a_restarted_up_keeps_its_ports_and_a_stopped_one_is_named(
+    running_up: RunningUp, tmp_path: Path
+) -> None:
+    up = RunningUp(tmp_path / "data")
+    up.wait_until_up()
+    first = recorded_stack(str(up.data_dir))
+    assert up.stop() == 0
+
+    stopped = run(up, "call", "balance", "--user", PLAYER)
+    assert stopped.returncode == 2
+    assert stopped.stderr.strip() == (
+        "call: error: needs --url, --public-key, --secret: "
+        f"no `wallet-gateway up` runs from {up.data_dir} to give a default"
+    )
+
+    again = RunningUp(tmp_path / "data")
+    again.wait_until_up()
+    try:
+        second = recorded_stack(str(again.data_dir))
+        assert first is not None and second is not None
+        assert (second.redis_url, second.database_url) == (first.redis_url, first.database_url)
+    finally:
+        assert again.stop() == 0
