@@ -1,5 +1,5 @@
-# The gateway image: `wallet-gateway serve` (default), `wallet-gateway writer`, and with
-# `--target loadtest` the same install plus locust.
+# The gateway image: `wallet-gateway serve` (default), `wallet-gateway writer` and
+# `wallet-gateway migrate`; with `--target loadtest` the same install plus locust.
 # Redis and PostgreSQL run as their own containers (docker-compose.yml), so the embedded
 # servers that `wallet-gateway up` starts are unused here.
 
