@@ -86,7 +86,6 @@ async def _no_route(request: web.Request) -> web.Response:
 def _with_envelope_fallback(app: web.Application) -> web.Application:
     # Unknown paths and methods answer in the protocol's envelope, not aiohttp's plain text.
     # [\s\S], not '.': a path may hold a percent-encoded newline, which '.' does not match
-    # [\s\S], not '.': a path may hold a percent-encoded newline, which '.' does not match
     app.router.add_route("*", r"/{tail:[\s\S]*}", _no_route)
     return app
 
@@ -125,10 +124,17 @@ def create_admin_app(services: Services) -> web.Application:
     launch_client = LaunchClient(
         settings.provider_base_url, settings.provider_public_key, settings.operator_id
     )
+    support = None if services.history_pool is None else SupportApi(services.history_pool)
     app.add_routes(
-        AdminApi(services.wallet, services.sessions, launch_client, services.metrics).routes()
+        AdminApi(
+            services.wallet,
+            services.sessions,
+            launch_client,
+            services.metrics,
+            None if support is None else support.queries,
+        ).routes()
     )
     app.add_routes(operations_api(services).routes())
-    if services.history_pool is not None:
-        app.add_routes(SupportApi(services.history_pool).routes())
+    if support is not None:
+        app.add_routes(support.routes())
     return _with_envelope_fallback(app)

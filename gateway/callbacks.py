@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.coalesced_scripts import CALL_DEADLINE
 from gateway.logs import log_callback
 from gateway.metrics import Metrics
-from gateway.outcomes import OK, envelope, status_of
+from gateway.outcomes import OK, envelope, message_of, status_of
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
     BET_ACTIONS,
@@ -72,7 +72,7 @@ def respond(
 
 
 def report_internal_error(metrics: Metrics, listener: str, request: web.Request) -> None:
-    """A failure nobody foresaw (PROTOCOL.md §3), from inside its `except` block: the traceback
+    """A failure nobody foresaw (docs/protocol.md §3), from inside its `except` block: the traceback
     to the log, one more on the listener's counter; the caller answers INTERNAL_ERROR."""
     logging.getLogger(f"gateway.{listener}").exception(
         "internal error on %s %s", request.method, request.path
@@ -152,6 +152,10 @@ class Callbacks:
                 response.status,
                 started,
                 answer.replayed,
+                # a refusal's line says why; a 200 builds nothing more
+                None
+                if response.status < 400
+                else (answer.outcome, message_of(answer.outcome, answer.message)),
             )
             return response
 
@@ -174,10 +178,11 @@ class Callbacks:
         except web.HTTPRequestEntityTooLarge:
             return Answer("BODY_TOO_LARGE")
         headers = request.headers
-        if not self.key_ring.verify_signature(
+        refusal = self.key_ring.signature_refusal(
             headers.get("X-Public-Key"), headers.get("X-Signature"), body
-        ):
-            return Answer("BAD_SIGNATURE")
+        )
+        if refusal is not None:
+            return Answer(refusal)
         payload: dict[str, Any] = {}
         try:
             payload = decode_object(body)

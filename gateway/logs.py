@@ -46,20 +46,20 @@ def log_callback(
     status: int,
     started: float,
     replayed: bool,
+    refusal: tuple[str, str] | None,
 ) -> None:
+    """One line per callback; a refusal's (`refusal`: its outcome and message) says why."""
     if not _callback_log.isEnabledFor(logging.INFO):
         return
-    _callback_log.info(
-        "callback",
-        extra={
-            "fields": {
-                "request_id": request_id,
-                "endpoint": endpoint,
-                "action": action,
-                "provider_tx_id": provider_tx_id,
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "replayed": replayed,
-            }
-        },
-    )
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "endpoint": endpoint,
+        "action": action,
+        "provider_tx_id": provider_tx_id,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "replayed": replayed,
+    }
+    if refusal is not None:
+        fields["outcome"], fields["reason"] = refusal
+    _callback_log.info("callback", extra={"fields": fields})

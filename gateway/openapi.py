@@ -20,6 +20,18 @@ from gateway.schemas import (
     IdentifierText,
     MoneyMillis,
 )
+from persistence.batch import EVENT_QUARANTINED, HISTORY_CONFLICT
+from persistence.rounds import MISMATCH_INCIDENT
+from persistence.support_queries import (
+    INCIDENTS_PAGE_DEFAULT,
+    INCIDENTS_PAGE_MAX,
+    PLAYERS_PAGE_DEFAULT,
+    PLAYERS_PAGE_MAX,
+    SECRET_FIELDS,
+    TRANSACTIONS_PAGE_DEFAULT,
+    TRANSACTIONS_PAGE_MAX,
+    UNPARSED_KEY,
+)
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.3"  # the provider's wallet protocol version this gateway speaks
@@ -107,7 +119,7 @@ def _error_response(status: int) -> dict[str, Any]:
 
 def _responses(success: dict[str, dict[str, Any]], errors: tuple[int, ...]) -> dict[str, Any]:
     responses = dict(success)
-    # any operation: a failure nobody foresaw is a 500 in the envelope (PROTOCOL.md §3)
+    # any operation: a failure nobody foresaw is a 500 in the envelope (docs/protocol.md §3)
     for status in (*errors, 500):
         responses[str(status)] = _ref("responses", f"Error{status}")
     return responses
@@ -124,6 +136,26 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
         "required": True,
         "description": description,
         "schema": _schema("IdentifierText"),
+    }
+
+
+def _query_parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+def _limit_parameter(default: int, maximum: int) -> dict[str, Any]:
+    return _query_parameter(
+        "limit",
+        "the page's size",
+        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    )
+
+
+def _stored_json(description: str) -> dict[str, Any]:
+    return {
+        "type": ["object", "null"],
+        "description": f"{description}, as a JSON object without {' or '.join(SECRET_FIELDS)};"
+        f" a stored text that is not a JSON object comes as {{{UNPARSED_KEY!r}: the text}}",
     }
 
 
@@ -217,33 +249,98 @@ def _components() -> dict[str, Any]:
         ),
         "Incident": _object(
             {
-                "kind": {"enum": sorted(INCIDENT_KINDS)},
-                "provider_tx_id": {"type": "string"},
-                "user_id": {"type": "string"},
-                "action": {"type": "string"},
-                "referenced_tx_id": {"type": "string"},
-                "request": {
-                    "type": "string",
-                    "description": "the refused (or late, LATE_AFTER_CLOSE) request's raw body",
+                "id": {
+                    "type": ["integer", "null"],
+                    "description": "the history's id; null while only the wallet lists it (not"
+                    " yet written to the history, or without DATABASE_URL): not resolvable yet",
                 },
-                "recorded": {
-                    "type": "string",
-                    "description": (
-                        "what the wallet had recorded of the referenced bet: the text of a"
-                        " JSON object {provider_tx_id, action, stake (millis), state, outcome};"
-                        " without such a record, a sentence naming the bet's owner, the rollback"
-                        " that voided it or the win that settled it. The bet's request body is"
-                        " in the history: /admin/players/{user_id}/transactions"
-                    ),
+                "kind": {
+                    "enum": sorted(
+                        {*INCIDENT_KINDS, HISTORY_CONFLICT, EVENT_QUARANTINED, MISMATCH_INCIDENT}
+                    )
+                },
+                "provider_tx_id": {"type": "string"},
+                "user_id": {"type": ["string", "null"]},
+                "action": {"type": ["string", "null"]},
+                "referenced_tx_id": {"type": "string"},
+                "round_id": {"type": ["string", "null"]},
+                "request": _stored_json("the refused (or late, LATE_AFTER_CLOSE) request's body"),
+                "recorded": _stored_json(
+                    "what the wallet had recorded of the referenced bet: {provider_tx_id, action,"
+                    " stake (millis), state, outcome}; without such a record, a sentence naming"
+                    " the bet's owner, the rollback that voided it or the win that settled it."
+                    " The bet's request body is in the history:"
+                    " /admin/players/{user_id}/transactions"
+                ),
+                "details": {
+                    "type": ["object", "null"],
+                    "description": "the history's own incidents: what differed",
                 },
                 "ts": {"type": "integer", "description": "milliseconds since the epoch"},
+                "status": {"enum": ["open", "resolved"]},
+                "resolution": {
+                    "oneOf": [
+                        {"type": "null"},
+                        _object(
+                            {
+                                "note": {"type": "string", "minLength": 1},
+                                "resolved_by": {"type": "string", "minLength": 1},
+                                "resolved_at": {
+                                    "type": "integer",
+                                    "description": "milliseconds since the epoch",
+                                },
+                            },
+                            ("note", "resolved_by", "resolved_at"),
+                        ),
+                    ]
+                },
             },
-            ("kind", "provider_tx_id", "user_id", "action", "ts"),
-            closed=False,
+            (
+                "id",
+                "kind",
+                "provider_tx_id",
+                "user_id",
+                "action",
+                "referenced_tx_id",
+                "round_id",
+                "request",
+                "recorded",
+                "details",
+                "ts",
+                "status",
+                "resolution",
+            ),
         ),
         "DepositData": {"oneOf": [_schema("MoneyData"), _schema("CloseRoundData")]},
         "IncidentList": _object(
-            {"incidents": {"type": "array", "items": _schema("Incident")}}, ("incidents",)
+            {
+                "incidents": {"type": "array", "items": _schema("Incident")},
+                "next_before": {
+                    "type": ["integer", "null"],
+                    "description": "`before` of the next page; null: this was the last one",
+                },
+            },
+            ("incidents", "next_before"),
+        ),
+        "PlayerList": _object(
+            {
+                "players": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "user_id": _schema("IdentifierText"),
+                            "currency": currency,
+                            "balance": _schema("BalanceMillis"),
+                        },
+                        ("user_id", "currency", "balance"),
+                    ),
+                },
+                "next_after": {
+                    "type": ["string", "null"],
+                    "description": "`after` of the next page; null: this was the last one",
+                },
+            },
+            ("players", "next_after"),
         ),
     }
     return {
@@ -355,6 +452,20 @@ def _paths() -> dict[str, Any]:
             {"201": _success(201, _schema("Player"), "created")},
             (400, 401, 409, 413, 503),
             request="CreatePlayerRequest",
+        )
+        | _admin(
+            "get",
+            "The players by id (code point order), with their live balance; from the history,"
+            " so served with DATABASE_URL only, and a player shows once the history has it",
+            {"200": _success(200, _schema("PlayerList"), "one page of players")},
+            (400, 401, 503),
+            parameters=(
+                _query_parameter("prefix", "only ids that start with it", {"type": "string"}),
+                _query_parameter(
+                    "after", "the `next_after` of the previous page", {"type": "string"}
+                ),
+                _limit_parameter(PLAYERS_PAGE_DEFAULT, PLAYERS_PAGE_MAX),
+            ),
         ),
         "/admin/players/{user_id}": _admin(
             "get",
@@ -376,7 +487,13 @@ def _paths() -> dict[str, Any]:
             "A player's transaction history",
             {"200": _success(200, {"type": "object"}, "the player's transactions")},
             (400, 401, 404, 503),
-            parameters=(user_id,),
+            parameters=(
+                user_id,
+                _query_parameter(
+                    "before", "the `next_before` of the previous page", {"type": "string"}
+                ),
+                _limit_parameter(TRANSACTIONS_PAGE_DEFAULT, TRANSACTIONS_PAGE_MAX),
+            ),
         ),
         "/admin/sessions": _admin(
             "post",
@@ -394,9 +511,38 @@ def _paths() -> dict[str, Any]:
         ),
         "/admin/incidents": _admin(
             "get",
-            "The most recent incidents (money conflicts to resolve by hand), newest first",
-            {"200": _success(200, _schema("IncidentList"), "incidents")},
-            (401, 503),
+            "Incidents (money conflicts to resolve by hand), newest first. With DATABASE_URL: the"
+            " history's, paged by id, the first page also holding the wallet's newest ones not"
+            " written yet (id null); without: the wallet's newest ones",
+            {"200": _success(200, _schema("IncidentList"), "one page of incidents")},
+            (400, 401, 503),
+            parameters=(
+                _query_parameter(
+                    "before",
+                    "the `next_before` of the previous page (needs DATABASE_URL)",
+                    {"type": "integer", "minimum": 1},
+                ),
+                _query_parameter("status", "only these", {"enum": ["open", "resolved"]}),
+                _limit_parameter(INCIDENTS_PAGE_DEFAULT, INCIDENTS_PAGE_MAX),
+            ),
+        ),
+        "/admin/incidents/{incident_id}/resolve": _admin(
+            "post",
+            "Mark an incident resolved, with a note and who resolved it (kept in the history;"
+            " DATABASE_URL only). Again with the same note and name: 200, nothing changes; with"
+            " others: 409",
+            {"200": _success(200, _schema("Incident"), "the resolved incident")},
+            (400, 401, 404, 409, 413, 503),
+            request="ResolveIncidentRequest",
+            parameters=(
+                {
+                    "name": "incident_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "the incident's `id`",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+            ),
         ),
         "/admin/rounds/{round_id}": _admin(
             "get",
@@ -457,7 +603,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "wallet-gateway",
             "version": API_VERSION,
-            "description": "Seamless-wallet gateway. The provider's signed callbacks (PROTOCOL.md) "
+            "description": "Seamless-wallet gateway. The provider's signed callbacks "
+            "(docs/protocol.md) "
             "on the callback listener; the operator's admin API on the admin listener. Every "
             "JSON answer is the envelope `{code, message, data}` with the HTTP status equal to "
             "`code`; errors carry `data: null`. All money is integer millis.",

@@ -1,5 +1,5 @@
 """Errors are values at the boundary: one mapping from wallet outcomes to HTTP status and
-message, and the one envelope every response uses (PROTOCOL.md §3).
+message, and the one envelope every response uses (docs/protocol.md §3).
 
 The Lua scripts return these outcome names; idempotency records store them, so a replay
 rebuilds the identical body from the identical outcome.
@@ -18,7 +18,10 @@ OUTCOMES: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "Bad request"),
     "CURRENCY_MISMATCH": (400, "Currency does not match the player's wallet"),
     "OVER_MAXBET": (400, "Bet exceeds the player's maximum bet"),
-    "BAD_SIGNATURE": (401, "Invalid signature"),
+    # the three refusals of a callback's signing headers (docs/protocol.md §2), told apart
+    "SIGNATURE_MISSING": (401, "Missing X-Signature header"),
+    "UNKNOWN_PUBLIC_KEY": (401, "Unknown X-Public-Key"),
+    "BAD_SIGNATURE": (401, "Signature does not match the raw body"),
     "UNAUTHORIZED": (401, "Missing or wrong admin token"),
     "SESSION_INVALID": (401, "Session is not valid for this player"),
     "SESSION_EXPIRED": (401, "Session expired"),
@@ -40,13 +43,14 @@ OUTCOMES: dict[str, tuple[int, str]] = {
     "BALANCE_LIMIT": (409, "The credit would take the balance above its limit"),
     "PLAYER_EXISTS": (409, "Player already exists"),
     "REFERENCE_CONFLICT": (409, "Adjustment reference already used with different content"),
+    "INCIDENT_RESOLVED": (409, "Incident already resolved with another note"),
     "BODY_TOO_LARGE": (413, "Request body too large"),
     "INTERNAL_ERROR": (500, "Internal error"),
     "PROVIDER_UNAVAILABLE": (502, "Game provider did not answer"),
     "WALLET_UNAVAILABLE": (503, "Wallet temporarily unavailable"),
 }
 
-# The 409s an operator must resolve by hand (PROTOCOL.md §6): stored with both payloads.
+# The 409s an operator must resolve by hand (docs/protocol.md §6): stored with both payloads.
 INCIDENT_OUTCOMES = frozenset(
     {
         "ROLLBACK_OF_WON_BET",
@@ -58,8 +62,8 @@ INCIDENT_OUTCOMES = frozenset(
     }
 )
 
-# A call applied after its round was closed (PROTOCOL.md §7): an incident, but answered as usual,
-# so no outcome of its own.
+# A call applied after its round was closed (docs/protocol.md §7): an incident, but answered as
+# usual, so no outcome of its own.
 LATE_AFTER_CLOSE = "LATE_AFTER_CLOSE"
 INCIDENT_KINDS = INCIDENT_OUTCOMES | {LATE_AFTER_CLOSE}
 
@@ -68,13 +72,18 @@ def status_of(outcome: str) -> int:
     return OUTCOMES[outcome][0]
 
 
+def message_of(outcome: str, message: str | None = None) -> str:
+    """The envelope's message: the answer's own, else the table's."""
+    return message or OUTCOMES[outcome][1]
+
+
 def envelope(outcome: str, data: dict[str, Any] | None = None, message: str | None = None) -> bytes:
     """The response body: `{"code", "message", "data"}`; errors carry `data: null`."""
-    status, default_message = OUTCOMES[outcome]
+    status = status_of(outcome)
     return orjson.dumps(
         {
             "code": status,
-            "message": message or default_message,
+            "message": message_of(outcome, message),
             "data": data if status < 300 else None,
         }
     )

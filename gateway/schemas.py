@@ -1,4 +1,4 @@
-"""Request decoding and strict validation (PROTOCOL.md §1, §4).
+"""Request decoding and strict validation (docs/protocol.md §1, §4).
 
 Each request body (the callbacks' and the admin API's) is declared once, below, as a msgspec
 Struct: its fields, types and limits are the validation (`Request.parse`), the OpenAPI request
@@ -58,7 +58,7 @@ _UNSTORABLE_CHARACTER = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def refuse_unstorable(value: Any, field: str) -> None:
-    """PROTOCOL.md §1: no text the wallet stores holds a NUL or a lone surrogate. `value` is a
+    """docs/protocol.md §1: no text the wallet stores holds a NUL or a lone surrogate. `value` is a
     text or a decoded JSON value, walked whole (names too); an object's members are named by
     their key in the message, anything deeper by the member it sits in."""
     pending = [(field, value)]
@@ -176,7 +176,7 @@ def _identifier_values(model: type[msgspec.Struct]) -> attrgetter:
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
-    """A request body: unknown fields are ignored (PROTOCOL.md §1); an optional field may be
+    """A request body: unknown fields are ignored (docs/protocol.md §1); an optional field may be
     null."""
 
     @classmethod
@@ -461,7 +461,36 @@ class LaunchRequestBody(Request, frozen=True):
     language: Annotated[Identifier, Meta(description="ISO 639-1")]
 
 
-ADMIN_REQUESTS = (CreatePlayerRequest, AdjustmentRequest, OpenSessionRequest, LaunchRequestBody)
+NOTE_CHARS_MAX = 4000
+
+
+class ResolveIncidentRequest(Request, frozen=True):
+    """Kept in the history with the incident; resolving again with the same note and name
+    changes nothing, with others is a 409. Stored texts: decode_object refuses the unstorable."""
+
+    note: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=NOTE_CHARS_MAX,
+            description="what was done; not blank, may span lines",
+        ),
+    ]
+    resolved_by: Annotated[Identifier, Meta(description="who resolved it")]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.note.strip():
+            raise InvalidRequest("note must not be blank")
+
+
+ADMIN_REQUESTS = (
+    CreatePlayerRequest,
+    AdjustmentRequest,
+    OpenSessionRequest,
+    LaunchRequestBody,
+    ResolveIncidentRequest,
+)
 
 
 def identifier(payload: dict[str, Any], field: str) -> str:
@@ -476,7 +505,7 @@ def identifier(payload: dict[str, Any], field: str) -> str:
 
 
 def fingerprint(*fields: str | int | None) -> str:
-    """What 'same content' means for an idempotency key (PROTOCOL.md §5)."""
+    """What 'same content' means for an idempotency key (docs/protocol.md §5)."""
     joined = FIELD_SEPARATOR.join("" if field is None else str(field) for field in fields)
     # Only compared for equality; 32 chars keep the record hash in Redis' compact encoding.
     return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()

@@ -6,6 +6,12 @@ Used by the gateway, the tests, the provider simulator and the locust file.
 import base64
 import hmac
 
+# The outcomes of gateway/outcomes.py; named here so this module imports nothing of the gateway
+# (the provider simulator and the locust file use it).
+SIGNATURE_MISSING = "SIGNATURE_MISSING"
+UNKNOWN_PUBLIC_KEY = "UNKNOWN_PUBLIC_KEY"
+BAD_SIGNATURE = "BAD_SIGNATURE"
+
 
 def sign_body(secret: str, body: bytes) -> str:
     # hmac.digest: the one-shot C path, a third cheaper than hmac.new(...).digest()
@@ -46,11 +52,17 @@ class KeyRing:
     def secret(self, public_key: str) -> str:
         return self._secrets[public_key]
 
-    def verify_signature(self, public_key: str | None, signature: str | None, body: bytes) -> bool:
-        if not public_key or not signature:
-            return False
-        secret = self._secrets.get(public_key)
+    def signature_refusal(
+        self, public_key: str | None, signature: str | None, body: bytes
+    ) -> str | None:
+        """None when `signature` is this key's HMAC of `body`; else the refusal's outcome
+        (gateway/outcomes.py): no signature, a public key not in the ring, or a mismatch."""
+        if not signature:
+            return SIGNATURE_MISSING
+        secret = self._secrets.get(public_key or "")
         if secret is None:
-            return False
+            return UNKNOWN_PUBLIC_KEY
         expected = sign_body(secret, body)
-        return hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace"))
+        if hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace")):
+            return None
+        return BAD_SIGNATURE

@@ -31,6 +31,8 @@ ROUTES = [
         },
     ),
     ("GET", "/admin/incidents", None),
+    ("GET", "/admin/players?prefix=player", None),
+    ("POST", "/admin/incidents/1/resolve", {"note": "intruder", "resolved_by": "intruder"}),
     ("GET", "/admin/unknown", None),
 ]
 ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
@@ -350,7 +352,10 @@ async def test_open_session_without_user_id_is_400(admin: Admin) -> None:
 
 async def test_incidents_list_is_empty_at_first(admin: Admin) -> None:
     status, body = await admin.call("GET", "/admin/incidents")
-    assert (status, body) == (200, {"code": 200, "message": "OK", "data": {"incidents": []}})
+    assert (status, body) == (
+        200,
+        {"code": 200, "message": "OK", "data": {"incidents": [], "next_before": None}},
+    )
 
 
 async def test_incidents_list_shows_a_rollback_of_a_won_bet(
@@ -364,19 +369,78 @@ async def test_incidents_list_shows_a_rollback_of_a_won_bet(
     status, body = await admin.call("GET", "/admin/incidents")
     assert status == 200, body
     [incident] = body["data"]["incidents"]
-    assert incident["kind"] == "ROLLBACK_OF_WON_BET"
-    assert incident["provider_tx_id"] == "rb-1"
-    assert incident["referenced_tx_id"] == "bet-1"
-    assert incident["user_id"] == USER
-    # the refused request as sent, and the bet as the wallet recorded it
-    assert orjson.loads(incident["request"])["provider_tx_id"] == "rb-1"
-    assert orjson.loads(incident["recorded"]) == {
-        "provider_tx_id": "bet-1",
-        "action": "BET",
-        "stake": 1000,
-        "state": "won",
-        "outcome": "OK",
+    assert body["data"]["next_before"] is None
+    # without the history (no DATABASE_URL): the wallet's list, no id, so not resolvable
+    assert incident == {
+        "id": None,
+        "kind": "ROLLBACK_OF_WON_BET",
+        "provider_tx_id": "rb-1",
+        "user_id": USER,
+        "action": "ROLL_BACK",
+        "referenced_tx_id": "bet-1",
+        "round_id": None,
+        # the refused request as sent, and the bet as the wallet recorded it: JSON objects
+        "request": rollback(USER, "rb-1", "bet-1"),
+        "recorded": {
+            "provider_tx_id": "bet-1",
+            "action": "BET",
+            "stake": 1000,
+            "state": "won",
+            "outcome": "OK",
+        },
+        "details": None,
+        "ts": incident["ts"],
+        "status": "open",
+        "resolution": None,
     }
+
+
+async def test_an_incident_whose_recorded_is_a_sentence_lists_it_under_text(
+    admin: Admin, provider: Provider, player: Any
+) -> None:
+    await admin.create_player("player-2")
+    session_token = await admin.open_session(USER)
+    assert (await provider.post("/withdraw", bet(USER, session_token, "bet-1")))[0] == 200
+    assert (await provider.post("/deposit", win("player-2", "win-1", "bet-1")))[0] == 409
+    [incident] = (await admin.call("GET", "/admin/incidents"))[1]["data"]["incidents"]
+    assert incident["kind"] == "CROSS_PLAYER"
+    assert incident["recorded"] == {"text": f"bet belongs to {USER}"}
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        pytest.param("limit=0", "limit must be a whole number from 1 to 1000", id="limit-0"),
+        pytest.param("limit=1001", "limit must be a whole number from 1 to 1000", id="limit-1001"),
+        pytest.param("limit=ten", "limit must be a whole number from 1 to 1000", id="limit-text"),
+        pytest.param("status=closed", "status must be open or resolved", id="status-unknown"),
+        pytest.param("before=abc", "before must be the next_before of a previous page", id="abc"),
+        # without the history no incident has an id to page on
+        pytest.param("before=5", "before must be the next_before of a previous page", id="no-db"),
+    ],
+)
+async def test_a_bad_incident_list_query_is_400(admin: Admin, query: str, message: str) -> None:
+    status, body = await admin.call("GET", f"/admin/incidents?{query}")
+    assert status == 400, body
+    assert_error_envelope(body, 400)
+    assert body["message"] == message
+
+
+async def test_incidents_list_limit_and_status_without_the_history(
+    admin: Admin, provider: Provider, player: Any
+) -> None:
+    session_token = await admin.open_session(USER)
+    for n in range(3):
+        assert (await provider.post("/withdraw", bet(USER, session_token, f"bet-{n}")))[0] == 200
+        assert (await provider.post("/deposit", win(USER, f"win-{n}", f"bet-{n}")))[0] == 200
+        assert (await provider.post("/deposit", rollback(USER, f"rb-{n}", f"bet-{n}")))[0] == 409
+    status, body = await admin.call("GET", "/admin/incidents?limit=2")
+    assert status == 200, body
+    assert [i["provider_tx_id"] for i in body["data"]["incidents"]] == ["rb-2", "rb-1"]
+    status, body = await admin.call("GET", "/admin/incidents?status=open")
+    assert len(body["data"]["incidents"]) == 3
+    status, body = await admin.call("GET", "/admin/incidents?status=resolved")
+    assert body["data"] == {"incidents": [], "next_before": None}
 
 
 # --- routing --------------------------------------------------------------------------------

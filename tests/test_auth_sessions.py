@@ -1,14 +1,17 @@
-"""PROTOCOL.md §4 /auth and /balance, §8 sessions: one-time user tokens, session tokens with a
+"""docs/protocol.md §4 /auth and /balance, §8 sessions: one-time user tokens, session tokens with a
 sliding idle expiry, one live session per player; /balance is read-only."""
 
+import logging
 from typing import Any
 
+import orjson
 import pytest
 from conftest import Admin, ManualClock, Provider
 from helpers import assert_error_envelope, stream_event_count
 from payloads import bet, win
 
 from gateway.app import Services
+from gateway.logs import JsonLineFormatter
 from gateway.outcomes import OUTCOMES
 
 USER = "player-1"
@@ -118,7 +121,7 @@ async def test_auth_balance_is_exact_up_to_the_balance_limit(
 ) -> None:
     """Money never passes through a float, not even a Lua number: the largest balance,
     2^53 - 1 (odd: a double of it would be rounded by any +1 on the way), comes back exact;
-    one milli more is refused (PROTOCOL.md §6 BALANCE_LIMIT)."""
+    one milli more is refused (docs/protocol.md §6 BALANCE_LIMIT)."""
     limit = 2**53 - 1
     await admin.create_player("whale", balance=10**15)
     for n in range(8):
@@ -478,3 +481,44 @@ async def test_balance_is_read_only(provider: Provider, services: Services, play
         assert status == 200, body
     assert sorted([key async for key in services.redis.scan_iter()]) == keys_before
     assert await stream_event_count(services) == events_before
+
+
+# --- the log line of a refusal ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "payload_of", "outcome"),
+    [
+        pytest.param(
+            "/withdraw",
+            lambda session: bet(USER, "never-issued", "tx-1"),
+            "SESSION_INVALID",
+            id="401-session",
+        ),
+        pytest.param(
+            "/balance", lambda session: {"user_id": "nobody"}, "UNKNOWN_USER", id="404-user"
+        ),
+        pytest.param(
+            "/withdraw",
+            lambda session: bet(USER, session, "tx-1", 1.5),
+            "BAD_REQUEST",
+            id="400-own-message",
+        ),
+    ],
+)
+async def test_every_refused_callback_logs_its_outcome_and_the_message_it_answered(
+    path: str,
+    payload_of: Any,
+    outcome: str,
+    provider: Provider,
+    admin: Admin,
+    player: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session = await admin.open_session(USER)
+    with caplog.at_level(logging.INFO, logger="gateway.callbacks"):
+        status, body = await provider.post(path, payload_of(session))
+    assert status == OUTCOMES[outcome][0], body
+    [record] = [r for r in caplog.records if r.name == "gateway.callbacks"]
+    line = orjson.loads(JsonLineFormatter().format(record))
+    assert (line["status"], line["outcome"], line["reason"]) == (status, outcome, body["message"])

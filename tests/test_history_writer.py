@@ -168,7 +168,9 @@ async def test_every_event_kind_is_written_once_even_when_delivered_twice(
     # the history holds what the wallet recorded when it refused, as the admin API lists it
     status, body = await admin.call("GET", "/admin/incidents")
     assert status == 200, body
-    assert [listed["recorded"] for listed in body["data"]["incidents"]] == [incident["recorded"]]
+    assert [listed["recorded"] for listed in body["data"]["incidents"]] == [
+        orjson.loads(incident["recorded"])
+    ]
 
 
 async def test_an_id_applied_twice_is_a_history_conflict_kept_raw_never_dropped(
@@ -180,7 +182,7 @@ async def test_an_id_applied_twice_is_a_history_conflict_kept_raw_never_dropped(
     history_settings: Settings,
 ) -> None:
     """The same provider_tx_id in two stream entries means the wallet applied it twice: the
-    history keeps the first, quarantines the other raw and opens an incident (PROTOCOL.md §5),
+    history keeps the first, quarantines the other raw and opens an incident (docs/protocol.md §5),
     where `ON CONFLICT DO NOTHING` alone dropped it silently."""
     await admin.create_player("alice", balance=10_000)
     session = await admin.open_session("alice")

@@ -1,5 +1,5 @@
-"""A BET, WIN or ROLL_BACK that arrives after its round was closed (PROTOCOL.md §7): answered and
-applied as usual, listed as a LATE_AFTER_CLOSE incident, and the round compared again."""
+"""A BET, WIN or ROLL_BACK that arrives after its round was closed (docs/protocol.md §7): answered
+and applied as usual, listed as a LATE_AFTER_CLOSE incident, and the round compared again."""
 
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,7 +87,7 @@ async def test_a_call_after_close_round_is_applied_listed_and_compared_again(
         payload["provider_tx_id"],
         action,
     )
-    assert listed["recorded"] == f"round closed by {CLOSE_TX}"
+    assert listed["recorded"] == {"text": f"round closed by {CLOSE_TX}"}
     assert await incident_metric(admin, "LATE_AFTER_CLOSE") == 1
 
     await drain()

@@ -1,8 +1,7 @@
-"""Money movement on /withdraw and /deposit (PROTOCOL.md §4) and the money rules of §6."""
+"""Money movement on /withdraw and /deposit (docs/protocol.md §4) and the money rules of §6."""
 
 from typing import Any
 
-import orjson
 import pytest
 from conftest import ManualClock
 from helpers import incident_metric, incidents, player_with_session, user_in_shard
@@ -346,12 +345,8 @@ async def test_rollback_of_won_bet_records_an_incident_with_both_payloads(provid
     assert incident["provider_tx_id"] == "rb1"
     assert incident["referenced_tx_id"] == "b1"
     assert incident["user_id"] == "alice"
-    assert incident_payload(incident["request"]) == rollback_payload
-    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "won")
-
-
-def incident_payload(text: str) -> dict[str, Any]:
-    return orjson.loads(text)
+    assert incident["request"] == rollback_payload
+    assert incident["recorded"] == recorded_bet("b1", 1_000, "won")
 
 
 def recorded_bet(tx_id: str, stake: int, state: str, action: str = "BET") -> dict[str, Any]:
@@ -377,8 +372,8 @@ async def test_win_naming_a_rolled_back_bet_is_conflict_and_records_an_incident(
     [incident] = await incidents(admin)
     assert incident["kind"] == "WIN_AFTER_ROLLBACK"
     assert incident["provider_tx_id"] == "w1"
-    assert incident_payload(incident["request"]) == win_payload
-    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "rolledback")
+    assert incident["request"] == win_payload
+    assert incident["recorded"] == recorded_bet("b1", 1_000, "rolledback")
 
 
 async def test_win_naming_a_bet_voided_before_it_arrived_is_conflict_and_an_incident(
@@ -392,7 +387,7 @@ async def test_win_naming_a_bet_voided_before_it_arrived_is_conflict_and_an_inci
     [incident] = await incidents(admin)
     assert incident["kind"] == "WIN_AFTER_ROLLBACK"
     assert incident["referenced_tx_id"] == "b-voided"
-    assert incident["recorded"] == "bet voided by rollback rb1"
+    assert incident["recorded"] == {"text": "bet voided by rollback rb1"}
 
 
 async def test_rollback_amount_differing_from_the_stake_is_conflict_and_an_incident(
@@ -406,8 +401,8 @@ async def test_rollback_amount_differing_from_the_stake_is_conflict_and_an_incid
     assert await admin.balance("alice") == 9_000
     [incident] = await incidents(admin)
     assert incident["kind"] == "AMOUNT_MISMATCH"
-    assert incident_payload(incident["request"]) == rollback_payload
-    assert incident_payload(incident["recorded"]) == recorded_bet("b1", 1_000, "open")
+    assert incident["request"] == rollback_payload
+    assert incident["recorded"] == recorded_bet("b1", 1_000, "open")
     # the bet is still open: the right rollback refunds it
     status, body = await provider.post("/deposit", rollback("alice", "rb2", "b1", amount=1_000))
     assert_ok(status, body, "alice", "rb2", 10_000)
@@ -422,10 +417,8 @@ async def test_incident_records_the_largest_stake_to_the_milli(provider, admin):
     assert_error(status, body, 409)
     [incident] = await incidents(admin)
     assert incident["kind"] == "AMOUNT_MISMATCH"
-    assert f'"stake":{stake},' in incident["recorded"]
-    assert incident_payload(incident["recorded"]) == recorded_bet(
-        "fb1", stake, "open", action="FREE_BET"
-    )
+    assert type(incident["recorded"]["stake"]) is int  # 1e+15 would read as a float
+    assert incident["recorded"] == recorded_bet("fb1", stake, "open", action="FREE_BET")
 
 
 SHARD_LAYOUTS = {
@@ -459,8 +452,8 @@ async def test_win_for_another_players_bet_is_conflict_and_an_incident(
     assert incident["kind"] == "CROSS_PLAYER"
     assert incident["user_id"] == other
     assert incident["referenced_tx_id"] == "b1"
-    assert incident_payload(incident["request"]) == win_payload
-    assert incident["recorded"] == f"bet belongs to {owner}"
+    assert incident["request"] == win_payload
+    assert incident["recorded"] == {"text": f"bet belongs to {owner}"}
     # the bet itself is untouched: its owner's win still pays
     status, body = await provider.post("/deposit", win(owner, "w2", "b1", 2_000))
     assert_ok(status, body, owner, "w2", 11_000)
@@ -480,7 +473,7 @@ async def test_rollback_for_another_players_bet_is_conflict_and_an_incident(
     assert await admin.balance(other) == 10_000
     [incident] = await incidents(admin)
     assert incident["kind"] == "CROSS_PLAYER"
-    assert incident_payload(incident["request"]) == rollback_payload
+    assert incident["request"] == rollback_payload
     # the owner's own rollback still refunds
     status, body = await provider.post("/deposit", rollback(owner, "rb2", "b1"))
     assert_ok(status, body, owner, "rb2", 10_000)
@@ -561,7 +554,7 @@ async def test_rollback_of_a_bet_whose_win_came_first_is_conflict_and_moves_noth
     assert await admin.balance("early") == 12_000
     [incident] = [i for i in await incidents(admin) if i["provider_tx_id"] == "rb-early"]
     assert incident["kind"] == "ROLLBACK_OF_WON_BET"
-    assert incident_payload(incident["recorded"]) == recorded_bet("b-early", 1_000, "won")
+    assert incident["recorded"] == recorded_bet("b-early", 1_000, "won")
 
 
 async def test_rollback_before_the_bet_of_an_early_win_is_conflict(provider, admin):
@@ -572,7 +565,7 @@ async def test_rollback_before_the_bet_of_an_early_win_is_conflict(provider, adm
     assert_error(status, body, 409)
     assert await admin.balance("early2") == 13_000
     [incident] = await incidents(admin)
-    assert incident["recorded"] == "bet settled by win w-e2"
+    assert incident["recorded"] == {"text": "bet settled by win w-e2"}
 
 
 async def test_win_naming_a_refused_bet_is_conflict_and_moves_nothing(provider, admin):

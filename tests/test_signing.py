@@ -1,5 +1,6 @@
-"""PROTOCOL.md §2: every callback is signed with HMAC-SHA256 over the exact raw body, standard
-Base64, verified before anything is parsed; a bad signature is a 401 and processes nothing."""
+"""docs/protocol.md §2: every callback is signed with HMAC-SHA256 over the exact raw body, standard
+Base64, verified before anything is parsed; a bad signature is a 401 and processes nothing. The
+401 says which: no signature, an unknown public key, or a signature that does not match."""
 
 import base64
 import hashlib
@@ -15,11 +16,24 @@ from conftest import PUBLIC_KEY, SECRET
 from helpers import stream_event_count
 from payloads import bet
 
-from gateway.signing import KeyRing, sign_body, signed_headers
+from gateway.logs import JsonLineFormatter
+from gateway.outcomes import OUTCOMES
+from gateway.signing import (
+    BAD_SIGNATURE,
+    SIGNATURE_MISSING,
+    UNKNOWN_PUBLIC_KEY,
+    KeyRing,
+    sign_body,
+    signed_headers,
+)
 
 ROTATED_PUBLIC_KEY = "rotated-public"
 ROTATED_SECRET = "rotated-secret"
 CALLBACK_PATHS = ("/auth", "/withdraw", "/deposit", "/balance")
+# the message of each refusal, as the envelope carries it
+MISSING = "Missing X-Signature header"
+UNKNOWN_KEY = "Unknown X-Public-Key"
+MISMATCH = "Signature does not match the raw body"
 
 VECTOR_BET_BODY = (
     b'{"user_id":"player-1","session_token":"s-1","amount":5440,"currency":"USD",'
@@ -66,14 +80,30 @@ def test_key_ring_parses_two_live_pairs_and_verifies_each() -> None:
     ring = KeyRing.parse(f"{PUBLIC_KEY}:{SECRET}, {ROTATED_PUBLIC_KEY}:{ROTATED_SECRET}")
     assert ring.public_keys() == [PUBLIC_KEY, ROTATED_PUBLIC_KEY]
     body = b'{"user_id":"p"}'
-    assert ring.verify_signature(PUBLIC_KEY, sign_body(SECRET, body), body)
-    assert ring.verify_signature(ROTATED_PUBLIC_KEY, sign_body(ROTATED_SECRET, body), body)
-    assert not ring.verify_signature(PUBLIC_KEY, sign_body(ROTATED_SECRET, body), body)
-    assert not ring.verify_signature(None, sign_body(SECRET, body), body)
-    assert not ring.verify_signature(PUBLIC_KEY, None, body)
-    assert not ring.verify_signature(PUBLIC_KEY, "", body)
+    assert ring.signature_refusal(PUBLIC_KEY, sign_body(SECRET, body), body) is None
+    assert ring.signature_refusal(ROTATED_PUBLIC_KEY, sign_body(ROTATED_SECRET, body), body) is None
+    refusal = ring.signature_refusal(PUBLIC_KEY, sign_body(ROTATED_SECRET, body), body)
+    assert refusal == BAD_SIGNATURE
+    assert ring.signature_refusal(None, sign_body(SECRET, body), body) == UNKNOWN_PUBLIC_KEY
+    assert ring.signature_refusal("", sign_body(SECRET, body), body) == UNKNOWN_PUBLIC_KEY
+    assert ring.signature_refusal("other", sign_body(SECRET, body), body) == UNKNOWN_PUBLIC_KEY
+    assert ring.signature_refusal(PUBLIC_KEY, None, body) == SIGNATURE_MISSING
+    assert ring.signature_refusal(PUBLIC_KEY, "", body) == SIGNATURE_MISSING
+    # no signature at all is told first, whatever the key
+    assert ring.signature_refusal("other", None, body) == SIGNATURE_MISSING
     # a header that is not ASCII is a mismatch, not a crash
-    assert not ring.verify_signature(PUBLIC_KEY, "sïgnature\udcff", body)
+    assert ring.signature_refusal(PUBLIC_KEY, "sïgnature\udcff", body) == BAD_SIGNATURE
+
+
+def test_the_three_refusals_are_401s_with_their_own_messages() -> None:
+    assert {
+        outcome: OUTCOMES[outcome]
+        for outcome in (SIGNATURE_MISSING, UNKNOWN_PUBLIC_KEY, BAD_SIGNATURE)
+    } == {
+        SIGNATURE_MISSING: (401, MISSING),
+        UNKNOWN_PUBLIC_KEY: (401, UNKNOWN_KEY),
+        BAD_SIGNATURE: (401, MISMATCH),
+    }
 
 
 @pytest.mark.parametrize("text", ["", " , ", "no-colon", ":secret", "public:"])
@@ -92,12 +122,20 @@ async def player(admin: Any) -> dict[str, str]:
 
 
 async def assert_refused_and_nothing_moved(
-    provider: Any, admin: Any, services: Any, path: str, body: bytes, headers: dict[str, str]
+    provider: Any,
+    admin: Any,
+    services: Any,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    message: str = MISMATCH,
 ) -> None:
     events_before = await stream_event_count(services)
     status, raw = await provider.post_raw(path, body, headers)
     assert status == 401
-    assert_envelope(orjson.loads(raw), 401)
+    answer = orjson.loads(raw)
+    assert_envelope(answer, 401)
+    assert answer["message"] == message
     assert await admin.balance("player-1") == 10_000
     assert await stream_event_count(services) == events_before
     assert await tx_records(services) == []
@@ -118,7 +156,9 @@ async def test_missing_signature_is_401_and_moves_nothing(
 ) -> None:
     body = bet_body(player)
     headers = {"X-Public-Key": PUBLIC_KEY, "Content-Type": "application/json"}
-    await assert_refused_and_nothing_moved(provider, admin, services, "/withdraw", body, headers)
+    await assert_refused_and_nothing_moved(
+        provider, admin, services, "/withdraw", body, headers, MISSING
+    )
 
 
 async def test_missing_public_key_is_401_and_moves_nothing(
@@ -126,7 +166,9 @@ async def test_missing_public_key_is_401_and_moves_nothing(
 ) -> None:
     body = bet_body(player)
     headers = {"X-Signature": sign_body(SECRET, body), "Content-Type": "application/json"}
-    await assert_refused_and_nothing_moved(provider, admin, services, "/withdraw", body, headers)
+    await assert_refused_and_nothing_moved(
+        provider, admin, services, "/withdraw", body, headers, UNKNOWN_KEY
+    )
 
 
 async def test_empty_signature_header_is_401(
@@ -134,7 +176,9 @@ async def test_empty_signature_header_is_401(
 ) -> None:
     body = bet_body(player)
     headers = {**signed_headers(PUBLIC_KEY, SECRET, body), "X-Signature": ""}
-    await assert_refused_and_nothing_moved(provider, admin, services, "/withdraw", body, headers)
+    await assert_refused_and_nothing_moved(
+        provider, admin, services, "/withdraw", body, headers, MISSING
+    )
 
 
 async def test_unknown_public_key_is_401_even_with_a_known_secret(
@@ -142,7 +186,9 @@ async def test_unknown_public_key_is_401_even_with_a_known_secret(
 ) -> None:
     body = bet_body(player)
     headers = signed_headers("unknown-public", SECRET, body)
-    await assert_refused_and_nothing_moved(provider, admin, services, "/withdraw", body, headers)
+    await assert_refused_and_nothing_moved(
+        provider, admin, services, "/withdraw", body, headers, UNKNOWN_KEY
+    )
 
 
 async def test_wrong_secret_is_401_and_moves_nothing(
@@ -259,7 +305,7 @@ async def test_every_callback_refuses_an_unsigned_request(
 ) -> None:
     body = orjson.dumps({"user_id": "player-1", "session_token": player["session_token"]})
     headers = {"Content-Type": "application/json"}
-    await assert_refused_and_nothing_moved(provider, admin, services, path, body, headers)
+    await assert_refused_and_nothing_moved(provider, admin, services, path, body, headers, MISSING)
 
 
 async def test_second_key_pair_of_the_ring_is_accepted(
@@ -306,3 +352,52 @@ async def test_bad_signature_logs_neither_secret_nor_signature(
     assert SECRET not in caplog.text
     assert wrong_signature not in caplog.text
     assert sign_body(SECRET, body) not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("headers_of", "outcome", "message"),
+    [
+        pytest.param(
+            lambda body: {"X-Public-Key": PUBLIC_KEY}, SIGNATURE_MISSING, MISSING, id="missing"
+        ),
+        pytest.param(
+            lambda body: signed_headers("unknown-public", SECRET, body),
+            UNKNOWN_PUBLIC_KEY,
+            UNKNOWN_KEY,
+            id="unknown-key",
+        ),
+        pytest.param(
+            lambda body: signed_headers(PUBLIC_KEY, "not-the-secret", body),
+            BAD_SIGNATURE,
+            MISMATCH,
+            id="mismatch",
+        ),
+    ],
+)
+async def test_a_refused_callback_logs_one_line_with_its_reason(
+    provider: Any,
+    player: Any,
+    caplog: pytest.LogCaptureFixture,
+    headers_of: Callable[[bytes], dict[str, str]],
+    outcome: str,
+    message: str,
+) -> None:
+    body = bet_body(player)
+    with caplog.at_level(logging.INFO, logger="gateway.callbacks"):
+        status, _ = await provider.post_raw("/withdraw", body, headers_of(body))
+    assert status == 401
+    [record] = [r for r in caplog.records if r.name == "gateway.callbacks"]
+    line = orjson.loads(JsonLineFormatter().format(record))
+    assert (line["status"], line["outcome"], line["reason"]) == (401, outcome, message)
+
+
+async def test_an_applied_callback_logs_one_line_without_a_reason(
+    provider: Any, player: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.callbacks"):
+        status, _ = await provider.post_raw("/withdraw", bet_body(player))
+    assert status == 200
+    [record] = [r for r in caplog.records if r.name == "gateway.callbacks"]
+    line = orjson.loads(JsonLineFormatter().format(record))
+    assert line["status"] == 200
+    assert "outcome" not in line and "reason" not in line
