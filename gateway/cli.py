@@ -31,8 +31,9 @@ from gateway.settings import (
 )
 from gateway.signing import KeyRing
 
-# The composition root (DESIGN.md): the one module that may import every package. It imports
-# what a command runs only when that command runs, so `--help` or one tool loads no other.
+# The composition root (docs/design.md, Package layout): the one module that may import every
+# package. It imports what a command runs only when that command runs, so `--help` or one tool
+# loads no other.
 
 log = logging.getLogger("gateway.cli")
 

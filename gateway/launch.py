@@ -1,4 +1,4 @@
-"""Client of the provider's launch API (PROTOCOL.md §8): operator -> provider."""
+"""Client of the provider's launch API (docs/protocol.md §8): operator -> provider."""
 
 from dataclasses import dataclass
 from typing import Any

@@ -1,5 +1,5 @@
 """Player sessions: one-time launch tokens, session tokens with a sliding idle expiry, one live
-session per player (PROTOCOL.md §4 /auth, §8)."""
+session per player (docs/protocol.md §4 /auth, §8)."""
 
 import secrets
 from typing import Any

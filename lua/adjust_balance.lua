@@ -34,7 +34,7 @@ if refusal then
   redis.call('XADD', KEYS[3], '*', 'kind', 'adjustment_refused', 'user', user_id,
              'amount', amount_text, 'reference', reference, 'balance', balance_text,
              'outcome', refusal, 'ts', now_ms)
-  if refusal == 'BALANCE_LIMIT' then  -- an incident (PROTOCOL.md §6), as for a credit
+  if refusal == 'BALANCE_LIMIT' then  -- an incident (docs/protocol.md §6), as for a credit
     redis.call('LPUSH', KEYS[4], cjson.encode({
       kind = refusal, provider_tx_id = reference, user_id = user_id, action = 'ADJUSTMENT',
       referenced_tx_id = '', request = '{"amount":' .. amount_text .. '}',

@@ -1,5 +1,5 @@
 -- Put back a record the hot wallet let expire, as the history holds it, so that the call that
--- asked for it is decided exactly as within retention (PROTOCOL.md §5: no expiry).
+-- asked for it is decided exactly as within retention (docs/protocol.md §5: no expiry).
 -- KEYS[1] the record (an idempotency record, tombstone or early-win marker), KEYS[2] the owner
 -- of its tx id. ARGV: 1 retention ms, 2 owner id, 3 'hash' or 'string', 4.. the hash's
 -- field/value pairs, or the string's value.

@@ -19,7 +19,7 @@ local tx_id, user_id, action, amount_text, currency_in, round_id, game, ref_id, 
       now_ms, operator_tx_id, retention_ms, request_body = unpack(ARGV, 1, 13)
 local tx_offsets, history_checked = ARGV[14], ARGV[15]
 local INCIDENTS_KEPT_MAX = 10000
--- Balances stay exact everywhere: Lua numbers, JSON readers and PostgreSQL (PROTOCOL.md §6).
+-- Balances stay exact everywhere: Lua numbers, JSON readers and PostgreSQL (docs/protocol.md §6).
 local BALANCE_MILLIS_MAX = 9007199254740991
 -- Who a tx id belongs to: its player; a CLOSE_ROUND has none, so its round (records of two
 -- rounds may sit in different shards). \31 never occurs in an identifier: no player id clashes.
@@ -145,7 +145,7 @@ local function recorded_bet(bet)
     .. ',"outcome":' .. cjson.encode(bet[4]) .. '}'
 end
 
--- A 409 an operator resolves by hand (PROTOCOL.md §6): listed for the admin API with both
+-- A 409 an operator resolves by hand (docs/protocol.md §6): listed for the admin API with both
 -- payloads, stored as the call's outcome, and in the event with `recorded`, so the history
 -- holds what the wallet held when it refused.
 local function refuse_as_incident(incidents_key, kind, recorded, balance, currency)
@@ -160,7 +160,7 @@ local function refuse_as_incident(incidents_key, kind, recorded, balance, curren
   return reply
 end
 
--- PROTOCOL.md §7: a call for a round already closed is answered and applied as usual (the
+-- docs/protocol.md §7: a call for a round already closed is answered and applied as usual (the
 -- provider is authoritative on money), but is a LATE_AFTER_CLOSE incident, and its event says
 -- `late` so the writer compares the round again. The close's tx id, or false. A read: call it
 -- before the script writes.

@@ -74,7 +74,7 @@ ORDER BY t.created_at
 """
 
 
-# What the history could not hold (PROTOCOL.md §5: never dropped silently): entries PostgreSQL
+# What the history could not hold (docs/protocol.md §5: never dropped silently): entries PostgreSQL
 # refused, entries of an id applied twice (HISTORY_CONFLICT), entries that did not decode.
 QUARANTINED = """
 SELECT stream, stream_id, provider_tx_id, reason FROM rejected_events ORDER BY id

@@ -1,6 +1,6 @@
 """What the history holds of tx ids whose records left the hot wallet, put back into Redis.
 
-Idempotency has no expiry (PROTOCOL.md §5). When a money script finds no record of an id but
+Idempotency has no expiry (docs/protocol.md §5). When a money script finds no record of an id but
 the seen-id filter says it may have been seen (gateway/seen_filter.py), the gateway calls
 `bring_back` and then the script again: the script then finds the record (a retry gets its
 original answer, or a 409) and the markers of its bet (tombstone, early win), exactly as within

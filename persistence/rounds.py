@@ -1,4 +1,4 @@
-"""The post-round hook (PROTOCOL.md §7): the provider's aggregate of a closed round against our
+"""The post-round hook (docs/protocol.md §7): the provider's aggregate of a closed round against our
 ledger, stored once per round in `rounds` (a mismatch is also an incident).
 
 When to compare: the CLOSE_ROUND event sits on the round's shard stream, the round's bets and
@@ -161,7 +161,7 @@ UPDATE rounds SET status = 'pending' WHERE round_id = ANY($1::text[]) AND status
 
 
 async def record_late_calls(connection: asyncpg.Connection, late: list[LateCall]) -> None:
-    """PROTOCOL.md §7: each late call an incident, and its round compared again. Called after
+    """docs/protocol.md §7: each late call an incident, and its round compared again. Called after
     record_round_closes: a close in the same batch is pending already."""
     await connection.executemany(
         INSERT_LATE_INCIDENT,

@@ -1,5 +1,5 @@
-"""The provider's signed client of the wallet callback protocol (PROTOCOL.md), for the tools that
-play the provider: the simulator, the conformance kit and the load test.
+"""The provider's signed client of the wallet callback protocol (docs/protocol.md), for the tools
+that play the provider: the simulator, the conformance kit and the load test.
 
 Bodies are built here, encoded once, signed with `gateway.signing` and posted. A retry re-sends
 the very same bytes (same `provider_tx_id`, same signature), as the real provider does.
@@ -49,7 +49,7 @@ log = logging.getLogger("provider.client")
 class RetryPolicy:
     """How often and how patiently a call is re-sent after a 5xx, a timeout or a lost connection.
 
-    4xx answers are final and never retried (PROTOCOL.md §3).
+    4xx answers are final and never retried (docs/protocol.md §3).
     """
 
     attempts_max: int = 1
@@ -225,7 +225,7 @@ class ProviderClient(HttpClient):
             return None
 
 
-# --- callback bodies (PROTOCOL.md §4) -----------------------------------------------------------
+# --- callback bodies (docs/protocol.md §4) --------------------------------------------------------
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -382,7 +382,8 @@ def close_round_body(
 
 
 def paid_millis(stake_millis: int, coefficient: Decimal) -> int:
-    """What a cash-out pays: stake times multiplier, rounded down to a milli (PROTOCOL.md §7)."""
+    """What a cash-out pays: stake times multiplier, rounded down to a milli
+    (docs/protocol.md §7)."""
     return int((stake_millis * coefficient).to_integral_value(rounding=ROUND_FLOOR))
 
 

@@ -1,5 +1,5 @@
-"""The provider's launch and game-list API (PROTOCOL.md §8), as the simulator serves it, so that
-the operator's `/admin/launch` works locally.
+"""The provider's launch and game-list API (docs/protocol.md §8), as the simulator serves it, so
+that the operator's `/admin/launch` works locally.
 
 A real-money launch authenticates the player on the wallet (/auth) and opens the player's account
 with the balance the wallet reported; the simulator's ledger then plays on that account.
@@ -146,7 +146,7 @@ class LaunchApi:
             self.players[user_id] = account
             self._player_arrived.set()
         else:
-            # a new launch replaces the live session (PROTOCOL.md §8); the ledger carries on
+            # a new launch replaces the live session (docs/protocol.md §8); the ledger carries on
             account.session_token = session_token
         return account
 

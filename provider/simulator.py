@@ -288,7 +288,7 @@ class ProviderSimulator:
             *(self._settle(bet, fate, summary) for bet, fate in zip(bets, fates, strict=True))
         )
         if not all(acknowledged for _, acknowledged in placed) or not all(settled):
-            # CLOSE_ROUND only after every per-bet callback was acknowledged (PROTOCOL.md §4)
+            # CLOSE_ROUND only after every per-bet callback was acknowledged (docs/protocol.md §4)
             summary.rounds_left_open += 1
             return
         closing = [

@@ -1,4 +1,4 @@
-"""CLOSE_ROUND on /deposit (PROTOCOL.md §4): no money moves, two attributes in either shape,
+"""CLOSE_ROUND on /deposit (docs/protocol.md §4): no money moves, two attributes in either shape,
 exact multipliers, one event per round however often it is delivered."""
 
 from typing import Any

@@ -1,4 +1,4 @@
-"""The post-round hook (PROTOCOL.md §7): the provider's aggregate of a closed round against our
+"""The post-round hook (docs/protocol.md §7): the provider's aggregate of a closed round against our
 ledger, stored once per round; and the support views of the history."""
 
 from collections.abc import Awaitable, Callable

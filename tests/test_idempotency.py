@@ -1,4 +1,4 @@
-"""Idempotency on provider_tx_id (PROTOCOL.md §5): a retry gets the original response byte for
+"""Idempotency on provider_tx_id (docs/protocol.md §5): a retry gets the original response byte for
 byte; the same key with different content is a 409 and moves nothing."""
 
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""Idempotency has no expiry (PROTOCOL.md §5): once a call's record has left Redis, its retry
+"""Idempotency has no expiry (docs/protocol.md §5): once a call's record has left Redis, its retry
 still gets the original answer or a 409, from the history (persistence/records.py), decided
 exactly as within retention; the gateway answers 503 rather than guess when it cannot tell.
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §8: the game launch, operator -> provider. A tiny fake provider runs as a real
+"""docs/protocol.md §8: the game launch, operator -> provider. A tiny fake provider runs as a real
 aiohttp server on 127.0.0.1; the session it hands out is the player's one live session."""
 
 import asyncio

@@ -1,5 +1,6 @@
-"""The import arrows point one way (DESIGN.md, Layout). The modules' imports are read with `ast`,
-nothing is imported: every `import` and `from ... import`, at the top or inside a function.
+"""The import arrows point one way (docs/design.md, Package layout). The modules' imports are
+read with `ast`, nothing is imported: every `import` and `from ... import`, at the top or
+inside a function.
 
 - No import cycle between modules.
 - persistence uses only the gateway's leaf modules below, and those import nothing else of

@@ -2,7 +2,7 @@
 successes and of refusals alike), the wallet equals the opening balance minus the applied stakes
 plus the applied wins, refunds and top-ups, and no provider_tx_id is ever applied twice.
 
-A small model predicts each call's status from the protocol's rules (PROTOCOL.md §4-§6); the
+A small model predicts each call's status from the protocol's rules (docs/protocol.md §4-§6); the
 money sums use only the first, non-replayed answer of each provider_tx_id.
 """
 

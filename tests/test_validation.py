@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1, §3: strict validation of signed callbacks. Bad input is a 400 in the
+"""docs/protocol.md §1, §3: strict validation of signed callbacks. Bad input is a 400 in the
 envelope `{"code": 400, "message": ..., "data": null}` and changes nothing.
 
 The fields each request requires, its identifiers and the limits come from the request models
@@ -271,7 +271,7 @@ async def test_bet_in_another_currency_than_the_wallet_is_400_and_moves_nothing(
     assert status == 400
     assert_error_envelope(body, 400)
     assert await admin.balance(USER) == BALANCE
-    # the refusal is the recorded answer of that provider_tx_id (PROTOCOL.md §4 /withdraw)
+    # the refusal is the recorded answer of that provider_tx_id (docs/protocol.md §4 /withdraw)
     assert await provider.post("/withdraw", payload) == (status, body)
     assert await admin.balance(USER) == BALANCE
 

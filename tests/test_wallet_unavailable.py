@@ -1,5 +1,6 @@
-"""When the hot wallet is unreachable or slow the gateway answers 503 in the envelope (PROTOCOL.md
-§3): "not confirmed". The provider's retry of the same provider_tx_id then applies it once.
+"""When the hot wallet is unreachable or slow the gateway answers 503 in the envelope
+(docs/protocol.md §3): "not confirmed". The provider's retry of the same provider_tx_id then
+applies it once.
 
 These tests use their own Redis servers; the shared one is never stopped or paused.
 """
@@ -181,7 +182,7 @@ async def tx_event_count(services: Services, user_id: str, tx: str) -> int:
     return sum(1 for _, fields in entries if fields.get("tx") == tx)
 
 
-# --- a deadline, whatever Redis does (PROTOCOL.md §3) ------------------------------------------
+# --- a deadline, whatever Redis does (docs/protocol.md §3) ----------------------------------------
 
 DEADLINE_MARGIN_SECONDS = 0.05  # the protocol's "REDIS_TIMEOUT_MS plus a few milliseconds"
 CONCURRENT_BETS = 120
@@ -204,9 +205,7 @@ async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retri
     provider, admin, services = own_gateway
     await admin.create_player("alice", 1_000_000)
     session = await admin.open_session("alice")
-    bodies = [
-        orjson.dumps(bet("alice", session, f"b{n}", 1_000)) for n in range(CONCURRENT_BETS)
-    ]
+    bodies = [orjson.dumps(bet("alice", session, f"b{n}", 1_000)) for n in range(CONCURRENT_BETS)]
     pauser = await pause_scripts(own_redis.url)
     answers = await asyncio.gather(*(timed_post(provider, "/withdraw", b) for b in bodies))
     script_calls = services.wallet._script_calls

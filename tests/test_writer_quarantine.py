@@ -1,4 +1,4 @@
-"""The history never drops an event silently, nor stops for one (PROTOCOL.md §5): a stream
+"""The history never drops an event silently, nor stops for one (docs/protocol.md §5): a stream
 entry PostgreSQL refuses is isolated from its batch and quarantined raw, byte for byte, beside
 an EVENT_QUARANTINED incident; every other entry is written.
 

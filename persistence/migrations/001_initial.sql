@@ -34,7 +34,7 @@ CREATE TABLE transactions (
     bet_tx_id       text,                     -- the bet a WIN / ROLL_BACK names
     outcome         text NOT NULL,            -- OK or the refusal (INSUFFICIENT_FUNDS, ...)
     operator_tx_id  text NOT NULL,
-    fingerprint     text NOT NULL,            -- what "same content" means (PROTOCOL.md §5)
+    fingerprint     text NOT NULL,            -- what "same content" means (docs/protocol.md §5)
     state           text,                     -- a bet's state when stored: open, or won
                                               -- (its WIN came first); NULL for other actions
     incident        text,                     -- the incident kind of an incident 409
@@ -88,7 +88,7 @@ CREATE TABLE sessions (
     UNIQUE (user_id, session_token, opened_at)
 );
 
--- PROTOCOL.md §7: the provider's aggregate of a closed round against our ledger.
+-- docs/protocol.md §7: the provider's aggregate of a closed round against our ledger.
 -- status: 'pending' until every shard stream is written past the close, then 'match' or
 -- 'mismatch' (once: a redelivered CLOSE_ROUND finds the row and changes nothing).
 CREATE TABLE rounds (

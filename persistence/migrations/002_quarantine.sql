@@ -1,4 +1,4 @@
--- Nothing is dropped silently (PROTOCOL.md §5). A stream entry PostgreSQL refuses (a NUL byte,
+-- Nothing is dropped silently (docs/protocol.md §5). A stream entry PostgreSQL refuses (a NUL byte,
 -- a number out of range), or whose provider_tx_id the history already holds with other
 -- content, is kept here with its raw fields, byte for byte, beside an incident, and the writer
 -- goes on with the next entry.

@@ -1,5 +1,5 @@
 """Conformance kit (`wallet-gateway conformance`): checks any operator wallet against the callback
-protocol (PROTOCOL.md), one rule at a time, and names every rule it breaks.
+protocol (docs/protocol.md), one rule at a time, and names every rule it breaks.
 
 The rules live in one module per protocol section; importing them here registers them, so the
 registry holds every rule whatever module of the kit is imported first.

@@ -57,7 +57,7 @@ def require(condition: bool, reason: str) -> None:
 
 
 def envelope_problem(reply: CallbackReply) -> str | None:
-    """What is wrong with the answer's envelope (PROTOCOL.md §3); None when it is right."""
+    """What is wrong with the answer's envelope (docs/protocol.md §3); None when it is right."""
     payload = reply.payload
     if not isinstance(payload, dict):
         return f"HTTP {reply.status} body is not a JSON object: {excerpt(reply.body)}"
@@ -198,7 +198,7 @@ class Probe:
         new_balance_millis: int,
         body: bytes | None = None,
     ) -> CallbackReply:
-        """A 200 money answer (PROTOCOL.md §4) for `payload` (sent as `body` when given)."""
+        """A 200 money answer (docs/protocol.md §4) for `payload` (sent as `body` when given)."""
         reply = await self.expect(path, body if body is not None else payload, 200)
         expected = {
             "user_id": player.user_id,
@@ -245,7 +245,7 @@ Check = Callable[[Probe], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    section: str  # of PROTOCOL.md
+    section: str  # of docs/protocol.md
     check: Check
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from provider.client import DEPOSIT_PATH, WITHDRAW_PATH, PlayerSession
 from provider.conformance.probe import PLAYER_BALANCE_MILLIS, RULES, STAKE_MILLIS, Probe, Rule, rule
 
-# The protocol's limits (PROTOCOL.md §1), stated here rather than imported from our gateway:
+# The protocol's limits (docs/protocol.md §1), stated here rather than imported from our gateway:
 # the kit judges any wallet, ours included, against the contract.
 BODY_BYTES_LIMIT = 64 * 1024
 AMOUNT_MILLIS_LIMIT = 10**15
