@@ -181,10 +181,11 @@ TOOLS: dict[str, tuple[str, str]] = {
         "rebuild the hot wallet from PostgreSQL into an empty Redis",
     ),
     "call": ("provider.call", "sign and send one callback with the stack's keys; print the answer"),
+    "admin": ("gateway.admin_call", "one call of the admin API with the stack's token"),
 }
 # Commands that use a stack rather than run one: what they are not told, they take from the
 # stack a `wallet-gateway up` runs from their DATA_DIR (gateway.recorded_stack).
-STACK_CLIENTS = {"migrate", "reconcile", "restore", "simulate", "conformance", "call"}
+STACK_CLIENTS = {"migrate", "reconcile", "restore", "simulate", "conformance", "call", "admin"}
 # option -> the recorded stack's field it defaults to
 STACK_DEFAULTS = {
     "url": "callbacks_url",

@@ -2,7 +2,6 @@
 exported but DATA_DIR (the shell's working folder would do), a signed bet, its replay, a win, a
 rollback, the simulator, the conformance kit and reconcile, each finding the stack by itself."""
 
-import asyncio
 import re
 import shlex
 import subprocess
@@ -15,7 +14,6 @@ from instances import RunningUp, cli, cli_env
 
 from gateway.embedded import free_port
 from gateway.recorded_stack import recorded_stack
-from provider.client import OperatorAdmin
 
 pytestmark = pytest.mark.slow  # `up` itself, and a child process per command
 
@@ -64,22 +62,32 @@ def run(up: RunningUp, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def answer(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    """The JSON `call` printed after the status line `< NNN`."""
-    _, _, printed = done.stdout.partition("\n< ")
+    """The JSON `call` or `admin` printed after the status line `< NNN`."""
+    _, _, printed = ("\n" + done.stdout).partition("\n< ")
     return orjson.loads(printed.partition("\n")[2])
 
 
 @pytest.fixture(scope="module")
 def player(running_up: RunningUp) -> str:
-    stack = recorded_stack(str(running_up.data_dir))
-    assert stack is not None
-
-    async def create() -> None:
-        async with OperatorAdmin(stack.admin_url, stack.admin_token) as admin:
-            await admin.create_player(PLAYER, "USD", OPENING_BALANCE)
-
-    asyncio.run(create())
+    """Created as the README does: `wallet-gateway admin`, with the stack's token."""
+    created = run(
+        running_up,
+        *("admin", "post", "/admin/players"),
+        orjson.dumps({"user_id": PLAYER, "currency": "USD", "balance": OPENING_BALANCE}).decode(),
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert answer(created)["code"] == 201
     return PLAYER
+
+
+def test_the_admin_command_reads_with_the_stacks_token(running_up: RunningUp, player: str) -> None:
+    done = run(running_up, "admin", "get", f"/admin/players/{player}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert answer(done)["data"]["user_id"] == player  # type: ignore[index]
+
+    refused = run(running_up, "admin", "get", f"/admin/players/{player}", "--admin-token", "x")
+    assert refused.returncode == 1
+    assert answer(refused)["code"] == 401
 
 
 def test_up_records_its_stack_and_prints_a_paste_ready_export(running_up: RunningUp) -> None:
