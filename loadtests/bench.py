@@ -1,15 +1,24 @@
 """`wallet-gateway bench`: the benchmark an operator runs before trusting a Saturday night to us.
 
-In one run, on one machine, with one load tool (locust, headless):
-1. the ceiling, an empty aiohttp handler (loadtests/empty_app.py), and new bets only on one
-   gateway process, both flat out, back to back, `--rounds` times: the ratio of each pair and
-   their median (a noisy machine moves both numbers of a pair alike, not the rounds);
-2. for each further gateway process count N (`--workers 1,2`): new bets only, flat out;
-3. the provider-shaped mix (bets, wins, rollbacks, duplicates, balances, round closes) flat out;
-4. new bets at half of the measured maximum rate: the latency an operator will see, and the
-   same rate against the empty handler: what the load tool itself adds to every latency;
-then it waits for the history writer, runs reconcile, checks the money, and writes
-`report.json`, `report.md` and `report.png` (throughput and latency over time).
+In one run, on one machine, it starts its own stack and measures, saying which load tool
+measured each row:
+1. the headline, by wrk (loadtests/wrk_bets.lua: pre-signed bets, each a new provider_tx_id):
+   the empty aiohttp handler (loadtests/empty_app.py) and new bets on one gateway process,
+   same connections, flat out, back to back, `--rounds` times: each round's ratio and their
+   median (a noisy machine moves both numbers of a pair alike, not the rounds). Without wrk on
+   the PATH the report says so and locust measures these rows, labelled as such: locust is then
+   the limit (about 9k req/s on 2 cores), not aiohttp;
+2. the provider-shaped mix (bets, wins, rollbacks, duplicates, balances, round closes) flat out,
+   by locust;
+3. new bets at half of the median maximum rate, and the empty handler at that rate, by locust
+   at a fixed rate: the latency an operator will see, and what locust itself adds;
+4. new bets by wrk for each further gateway process count (`--workers 1,2`);
+5. Redis's own ceiling for the withdraw script: the gateway's own EVALSHA calls (recorded by
+   loadtests/wrk_bodies.py), sent straight to Redis on pipelined connections;
+and for every phase the CPU seconds each process used (gateway or empty handler, Redis, writer,
+PostgreSQL, load tool; loadtests/process_cpu.py), per 1,000 requests. Then it waits for the
+history writer, runs reconcile, checks the money, and writes `report.json`, `report.md` and
+`report.png` (the locust phases' throughput and latency over time).
 
 It starts its own Redis and PostgreSQL (the embedded servers of `up`) unless given URLs, and
 only ever sends traffic to 127.0.0.1.
@@ -19,7 +28,9 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -28,26 +39,43 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gateway.embedded import free_port
+import redis
+
+from gateway.embedded import POSTMASTER_PID_LINE, free_port
 from gateway.redis_connection import connect_background_redis, run_with_redis
 from gateway.settings import Settings
+from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack
+from loadtests.process_cpu import CpuMeter, reap
+from loadtests.wrk_bodies import NewBets, new_players, withdraw_calls
 from persistence.reconcile import reconcile
 from persistence.schema import migrate
 from persistence.streams import WriterLag, read_lag
+from provider.client import WITHDRAW_PATH
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+WRK_SCRIPT = Path(__file__).with_name("wrk_bets.lua")
+WRK_SUMMARY_PREFIX = "WRK_SUMMARY "
+WRK_TIMEOUT_SECONDS = 10
+# One wrk thread: it sends 25k req/s on a third of a core, far above the gateway. With more,
+# each thread loads its bets while the threads before it already run: they start early.
+WRK_THREADS = 1
+CONNECTIONS_DEFAULT = 32
 LOOPBACK = "127.0.0.1"
 READY_SECONDS_MAX = 60.0
+TCP_LISTEN = "0A"
 PROCESS_STOP_SECONDS_MAX = 15.0
 LAG_SAMPLE_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 5.0
-LOCUST_EXTRA_SECONDS = 30.0  # start-up and shutdown on top of the run time
+REAP_POLL_SECONDS = 0.1
+LOAD_TOOL_EXTRA_SECONDS = 30.0  # start-up and shutdown on top of the run time
 HALF_RATE_FRACTION = 0.5
 CEILING_CLASS = "EmptyHandlerCeiling"
 NEW_BETS_CLASS = "NewBets"
@@ -58,29 +86,70 @@ ROUNDS_DEFAULT = 3
 WRITER_CATCH_UP_SECONDS_MAX = 120.0
 BENCH_PROVIDER_KEYS = "bench-public:bench-secret"
 BENCH_ADMIN_TOKEN = "bench-admin-token"
+BENCH_PLAYERS = 64
+# Pre-signed bets for a wrk phase: the rate it may reach times the run time, with this margin
+# (rounds on this kind of machine differ by up to a third). A phase that still runs out says so
+# as a failure; it never replays a bet.
+BETS_MARGIN = 2.0
+BETS_MIN = 1_000
+CEILING_BETS = 20_000  # the empty handler's pool, sent round and round (a replay costs it the same)
+# Redis's own ceiling: the calls prepared for it (about 40 us each, before the timing) are
+# the best new-bet rate times the run time times this, at most REDIS_CALLS_MAX.
+REDIS_HEADROOM = 3.0
+REDIS_CALLS_MAX = 300_000
+REDIS_CONNECTIONS = 2
+REDIS_PIPELINE_DEPTH = 64
+SCRIPT_OK = b"OK"
+REDIS_COMMAND_SHARE_MIN = 0.01  # the Redis commands table leaves out the smaller ones
+
+EMPTY_HANDLER, GATEWAY, REDIS = "empty handler", "gateway", "Redis"
+WRK, LOCUST, PIPELINED_EVALSHA = "wrk", "locust", "pipelined EVALSHA"
+WRK_LOAD = "pre-signed new bets"  # loadtests/wrk_bets.lua
+WITHDRAW_LOAD = "withdraw script calls"
+# the CPU table's rows: the server (gateway or empty handler), the stack, the load tool
+SERVER, WRITER, POSTGRES, LOAD_TOOL = "server", "writer", "PostgreSQL", "load tool"
+CPU_ROWS = (SERVER, REDIS, WRITER, POSTGRES, LOAD_TOOL)
 
 
 @dataclass
 class PhaseResult:
     name: str
-    locust_class: str
+    tool: str  # WRK, LOCUST or PIPELINED_EVALSHA
+    load: str  # what was sent: a locust class, WRK_LOAD or WITHDRAW_LOAD
+    server: str  # EMPTY_HANDLER, GATEWAY or REDIS
     workers: int
-    users: int
+    users: int  # locust users, wrk connections, Redis connections
     seconds: int
-    target_rps: float | None
+    target_rps: float | None = None
     round_number: int | None = None  # the ceiling / new-bets pairs, measured back to back
     endpoints: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    # CPU seconds by CPU_ROWS, from the phase's start until the writer caught up after it
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # Redis INFO commandstats over the same span: command -> calls and microseconds
+    redis_commands: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> dict[str, float]:
         return self.endpoints.get("Aggregated", {})
 
+    @property
+    def answered(self) -> float:
+        """Requests answered with success: what the CPU is shared over."""
+        return self.total.get("requests", 0.0) - self.total.get("failures", 0.0)
+
+    @property
+    def group(self) -> str:
+        """The CPU table's column: the rounds of one kind are one column."""
+        return self.name.split("-round-")[0]
+
 
 @dataclass
 class BenchReport:
     machine: str
+    # why wrk did not measure the headline ("" when it did)
+    wrk_missing: str = ""
     phases: list[PhaseResult] = field(default_factory=list)
     duplicates_replayed: int = 0
     writer_lag_max_events: int = 0
@@ -104,11 +173,11 @@ class BenchReport:
         by_round: dict[int, dict[str, PhaseResult]] = {}
         for phase in self.phases:
             if phase.round_number is not None and phase.total.get("rps"):
-                by_round.setdefault(phase.round_number, {})[phase.locust_class] = phase
+                by_round.setdefault(phase.round_number, {})[phase.server] = phase
         return [
-            (pair[CEILING_CLASS], pair[NEW_BETS_CLASS])
+            (pair[EMPTY_HANDLER], pair[GATEWAY])
             for pair in by_round.values()
-            if CEILING_CLASS in pair and NEW_BETS_CLASS in pair
+            if EMPTY_HANDLER in pair and GATEWAY in pair
         ]
 
     def ratios(self) -> dict[str, float]:
@@ -123,25 +192,69 @@ class BenchReport:
         }
         ratios["median"] = round(statistics.median(ratios.values()), 3)
         ceiling_rps = statistics.median(ceiling.total["rps"] for ceiling, _ in pairs)
-        for phase in self.phases:
-            if phase.name.endswith("-process") and phase.total.get("rps"):
-                ratios[phase.name] = round(phase.total["rps"] / ceiling_rps, 3)
+        for phase in self.process_counts()[1:]:
+            ratios[phase.name] = round(phase.total["rps"] / ceiling_rps, 3)
         return ratios
 
     def median_new_bets_rps(self) -> float:
         return statistics.median(new_bets.total["rps"] for _, new_bets in self.rounds())
+
+    def process_counts(self) -> list[PhaseResult]:
+        """New bets flat out by gateway process count: the rounds' median phase for the first
+        count, then each further count's phase."""
+        pairs = self.rounds()
+        if not pairs:
+            return []
+        by_rps = sorted((new_bets for _, new_bets in pairs), key=lambda p: p.total["rps"])
+        further = [phase for phase in self.phases if phase.name.endswith("-process")]
+        return [by_rps[(len(by_rps) - 1) // 2], *further]
+
+    def redis_ceiling(self) -> PhaseResult | None:
+        return next((phase for phase in self.phases if phase.server == REDIS), None)
+
+    def per_thousand(
+        self, amounts: Callable[[PhaseResult], dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        """Column (phase group) -> key -> the `amounts` of its phases, added up, per 1,000
+        answered requests; a key a group never had is absent."""
+        sums: dict[str, tuple[Counter[str], float]] = {}
+        for phase in self.phases:
+            added, answered = sums.get(phase.group, (Counter(), 0.0))
+            added.update(amounts(phase))
+            sums[phase.group] = (added, answered + phase.answered)
+        return {
+            group: {key: amount / answered * 1000 for key, amount in added.items()}
+            for group, (added, answered) in sums.items()
+            if answered
+        }
+
+    def cpu_per_thousand(self) -> dict[str, dict[str, float]]:
+        """CPU seconds by CPU_ROWS per 1,000 answered requests, by phase group; a process
+        that was not measured (an external server) is absent."""
+        return self.per_thousand(lambda phase: phase.cpu_seconds)
+
+    def redis_usec_per_thousand(self) -> dict[str, dict[str, float]]:
+        """Microseconds inside Redis by command (INFO commandstats) per 1,000 answered
+        requests, by phase group."""
+        return self.per_thousand(
+            lambda phase: {
+                command: stats["usec"] for command, stats in phase.redis_commands.items()
+            }
+        )
 
 
 # --- processes ------------------------------------------------------------------------------
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
+def running(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """A child process for the length of the block, stopped with SIGTERM (then SIGKILL)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield
+        yield process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -151,17 +264,31 @@ def running(command: list[str], env: dict[str, str], log_path: Path) -> Iterator
             process.wait()
 
 
-def wait_until_ready(url: str, log_path: Path) -> None:
+def wait_until_ready(url: str, port: int, listeners: int, log_path: Path) -> None:
+    """Until `url` answers 200 and `listeners` sockets listen on the port (each gateway worker
+    binds its own, SO_REUSEPORT: the admin API is up before all of them are)."""
     deadline = time.monotonic() + READY_SECONDS_MAX
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
+                if response.status == 200 and listening_sockets(port) >= listeners:
                     return
         except OSError:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {READY_SECONDS_MAX} s; see {log_path}")
+
+
+def listening_sockets(port: int) -> int:
+    """IPv4 TCP sockets listening on `port`, from /proc/net/tcp (state 0A: LISTEN)."""
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        return sum(
+            1
+            for line in table
+            if (fields := line.split())[3] == TCP_LISTEN
+            and int(fields[1].rsplit(":", 1)[1], 16) == port
+        )
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -181,52 +308,155 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def stack_roots(stack: EmbeddedStack, writer_pid: int) -> dict[str, int]:
+    """The processes measured in every phase besides the server: the embedded servers (an
+    external one is not measured) and the history writer."""
+    roots = {WRITER: writer_pid}
+    if stack.redis is not None:
+        roots[REDIS] = stack.redis.pid
+    if stack.postgres is not None:
+        postmaster_pid = (stack.postgres.pgdata_dir / "postmaster.pid").read_text().splitlines()
+        roots[POSTGRES] = int(postmaster_pid[POSTMASTER_PID_LINE])
+    return roots
+
+
+def redis_command_stats(redis_url: str) -> dict[str, dict[str, int]]:
+    """INFO commandstats: command -> calls and microseconds so far."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {
+        name.removeprefix("cmdstat_"): {"calls": int(entry["calls"]), "usec": int(entry["usec"])}
+        for name, entry in stats.items()
+    }
+
+
+def command_stats_delta(
+    started: dict[str, dict[str, int]], ended: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    zero = {"calls": 0, "usec": 0}
+    delta = {
+        command: {key: stats[key] - started.get(command, zero)[key] for key in zero}
+        for command, stats in ended.items()
+    }
+    return {command: stats for command, stats in delta.items() if stats["calls"]}
+
+
+def run_load_tool(
+    phase: PhaseResult, command: list[str], env: dict[str, str], log_path: Path, lag: "LagSampler"
+) -> float:
+    """Run a load tool for the phase, with progress lines; -> the CPU seconds it used."""
+    started = time.monotonic()
+    next_progress = started + PROGRESS_EVERY_SECONDS
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    while (cpu_seconds := reap(process)) is None:
+        time.sleep(REAP_POLL_SECONDS)
+        now = time.monotonic()
+        if now - started > phase.seconds + LOAD_TOOL_EXTRA_SECONDS:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"{command[0]} did not stop after {now - started:.0f} s")
+        if now >= next_progress:
+            next_progress += PROGRESS_EVERY_SECONDS
+            print(
+                f"[bench]   {min(now - started, phase.seconds):4.0f}/{phase.seconds} s  "
+                f"{lag.latest()}",
+                flush=True,
+            )
+    return cpu_seconds
+
+
+def announce(phase: PhaseResult) -> None:
+    print(
+        f"[bench] {phase.name}: {phase.tool}, {phase.load} to the {phase.server}, "
+        f"{phase.users} {'users' if phase.tool == LOCUST else 'connections'}, {phase.seconds} s"
+        + (f", {phase.target_rps:.0f} req/s" if phase.target_rps else ""),
+        flush=True,
+    )
+
+
+def print_outcome(phase: PhaseResult) -> None:
+    total = phase.total
+    print(
+        f"[bench]   {total.get('rps', 0):.0f} req/s, p50 {total.get('p50_ms', 0):.1f} ms, "
+        f"p99 {total.get('p99_ms', 0):.1f} ms, failures {sum(phase.failures.values())}",
+        flush=True,
+    )
+
+
+# --- wrk ------------------------------------------------------------------------------------
+
+
+def run_wrk(phase: PhaseResult, url: str, bets: Path, out_dir: Path, lag: "LagSampler") -> float:
+    """wrk with loadtests/wrk_bets.lua: the bets of the files `bets.0`, ..., each once to the
+    gateway, round and round to the empty handler. -> wrk's CPU seconds, without the loading
+    of the bets (it loads them all, however few it gets to send)."""
+    command = [
+        "wrk", "-t", str(WRK_THREADS), "-c", str(phase.users), "-d", f"{phase.seconds}s",
+        "--timeout", f"{WRK_TIMEOUT_SECONDS}s", "-s", str(WRK_SCRIPT), url + WITHDRAW_PATH,
+        "--", str(bets), "repeat" if phase.server == EMPTY_HANDLER else "once",
+    ]  # fmt: skip
+    log_path = out_dir / f"{phase.name}.wrk.log"
+    cpu_seconds = run_load_tool(phase, command, dict(os.environ), log_path, lag)
+    summary = parse_wrk_summary(log_path.read_text())
+    phase.endpoints = {"Aggregated": wrk_stats(summary)}
+    phase.failures = wrk_failures(summary)
+    return cpu_seconds - summary["init_cpu_seconds"]
+
+
+def parse_wrk_summary(output: str) -> dict:
+    """The JSON line wrk_bets.lua's done() prints."""
+    for line in output.splitlines():
+        if line.startswith(WRK_SUMMARY_PREFIX):
+            return json.loads(line.removeprefix(WRK_SUMMARY_PREFIX))
+    raise RuntimeError(f"no {WRK_SUMMARY_PREFIX.strip()} line in wrk's output:\n{output[-2000:]}")
+
+
+def wrk_stats(summary: dict) -> dict[str, float]:
+    latency_us = summary["latency_us"]
+    return {
+        "requests": summary["requests"],
+        # an answer other than 2xx; socket errors and timeouts are not among the requests
+        "failures": summary["errors"]["status"],
+        "rps": summary["requests"] / (summary["duration_us"] / 1e6),
+        "p50_ms": latency_us["p50"] / 1000,
+        "p95_ms": latency_us["p95"] / 1000,
+        "p99_ms": latency_us["p99"] / 1000,
+        "max_ms": latency_us["max"] / 1000,
+    }
+
+
+def wrk_failures(summary: dict) -> dict[str, int]:
+    failures = {f"{kind} errors": count for kind, count in summary["errors"].items() if count}
+    if summary["exhausted_threads"]:
+        failures["ran out of pre-signed bets (threads)"] = summary["exhausted_threads"]
+    return failures
+
+
 # --- locust ---------------------------------------------------------------------------------
 
 
 def run_locust(
     phase: PhaseResult, host: str, env: dict[str, str], out_dir: Path, lag: "LagSampler"
-) -> PhaseResult:
+) -> float:
+    """-> locust's CPU seconds, start-up included."""
     prefix = out_dir / phase.name
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), phase.locust_class,
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), phase.load,
         "--headless", "--users", str(phase.users), "--spawn-rate", str(phase.users),
         "--run-time", f"{phase.seconds}s", "--host", host, "--csv", str(prefix),
         "--csv-full-history", "--only-summary", "--stop-timeout", "5",
     ]  # fmt: skip
     if phase.target_rps:
         env = {**env, "LOAD_THROUGHPUT_PER_USER": str(phase.target_rps / phase.users)}
-    started = time.monotonic()
-    print(
-        f"[bench] {phase.name}: {phase.locust_class}, {phase.users} users, {phase.seconds} s"
-        + (f", {phase.target_rps:.0f} req/s" if phase.target_rps else ""),
-        flush=True,
-    )
-    with (out_dir / f"{phase.name}.locust.log").open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while process.poll() is None:
-            try:
-                process.wait(PROGRESS_EVERY_SECONDS)
-            except subprocess.TimeoutExpired:
-                elapsed = time.monotonic() - started
-                if elapsed > phase.seconds + LOCUST_EXTRA_SECONDS:
-                    process.kill()
-                    raise RuntimeError(f"locust did not stop after {elapsed:.0f} s") from None
-                print(
-                    f"[bench]   {min(elapsed, phase.seconds):4.0f}/{phase.seconds} s  "
-                    f"{lag.latest()}",
-                    flush=True,
-                )
+    cpu_seconds = run_load_tool(phase, command, env, out_dir / f"{phase.name}.locust.log", lag)
     phase.endpoints = _read_stats(prefix.with_name(prefix.name + "_stats.csv"))
     phase.failures = _read_failures(prefix.with_name(prefix.name + "_failures.csv"))
     phase.history = _read_history(prefix.with_name(prefix.name + "_stats_history.csv"))
-    total = phase.total
-    print(
-        f"[bench]   {total.get('rps', 0):.0f} req/s, p50 {total.get('p50_ms', 0):.0f} ms, "
-        f"p99 {total.get('p99_ms', 0):.0f} ms, failures {sum(phase.failures.values())}",
-        flush=True,
-    )
-    return phase
+    return cpu_seconds
 
 
 def _number(text: str) -> float:
@@ -274,6 +504,69 @@ def _read_history(path: Path) -> list[dict[str, float]]:
             for row in csv.DictReader(file)
             if row["Name"] == "Aggregated"
         ]
+
+
+# --- Redis's own ceiling --------------------------------------------------------------------
+
+
+def packed_withdraw_calls(bets: NewBets, count: int, settings: Settings) -> list[bytes]:
+    """`count` new bets as the gateway's own EVALSHA commands of the withdraw script, packed;
+    the script is loaded into Redis here (the sources may have changed since the gateway
+    started)."""
+    packer = redis.Connection()  # packs only; never connects
+    calls = asyncio.run(withdraw_calls(bets.bodies(count), settings))
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        for source in {script.script for script, _, _ in calls}:
+            client.script_load(source)
+    finally:
+        client.close()
+    return [
+        b"".join(packer.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        for script, keys, args in calls
+    ]
+
+
+def send_pipelined(redis_url: str, commands: list[bytes]) -> Counter[str]:
+    """Send `commands` on one connection, REDIS_PIPELINE_DEPTH at a time. -> the answers other
+    than OK, by outcome."""
+    failures: Counter[str] = Counter()
+    client = redis.Redis.from_url(redis_url)
+    connection = client.connection_pool.get_connection()
+    try:
+        for start in range(0, len(commands), REDIS_PIPELINE_DEPTH):
+            batch = commands[start : start + REDIS_PIPELINE_DEPTH]
+            connection.send_packed_command([b"".join(batch)])
+            for _ in batch:
+                try:
+                    outcome = connection.read_response()[0]
+                except redis.ResponseError as exc:
+                    outcome = type(exc).__name__.encode()
+                if outcome != SCRIPT_OK:
+                    failures[f"outcome {outcome.decode()}"] += 1
+    finally:
+        client.connection_pool.release(connection)
+        client.close()
+    return failures
+
+
+def run_redis_ceiling(phase: PhaseResult, redis_url: str, commands: list[bytes]) -> float:
+    """The commands over `phase.users` connections, each a thread of this process, flat out.
+    -> the CPU seconds this process used meanwhile (the load tool's)."""
+    shares = [commands[n :: phase.users] for n in range(phase.users)]
+    cpu_started, started = time.process_time(), time.monotonic()
+    with ThreadPoolExecutor(phase.users) as senders:
+        failures = sum(senders.map(send_pipelined, [redis_url] * len(shares), shares), Counter())
+    elapsed = time.monotonic() - started
+    phase.endpoints = {
+        "Aggregated": {
+            "requests": len(commands),
+            "failures": failures.total(),
+            "rps": len(commands) / elapsed,
+        }
+    }
+    phase.failures = dict(failures)
+    return time.process_time() - cpu_started
 
 
 # --- the writer's lag -----------------------------------------------------------------------
@@ -336,6 +629,204 @@ def scrape_replays(admin_url: str) -> int:
     )
 
 
+def wrk_missing() -> str:
+    """Why wrk cannot measure the headline here ("" when it can)."""
+    if shutil.which("wrk") is None:
+        return "wrk not installed (no `wrk` on the PATH; `apt-get install wrk`)"
+    return ""
+
+
+def new_bets(admin_url: str, settings: Settings) -> NewBets:
+    """The bench's players, created through the admin API, and their bets to come."""
+    players = asyncio.run(new_players(admin_url, settings.admin_token, BENCH_PLAYERS))
+    key_ring = KeyRing.parse(settings.provider_keys)
+    public_key = key_ring.public_keys()[0]
+    return NewBets(players, public_key, key_ring.secret(public_key))
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a phase's requests go, and the process whose CPU is the table's server row."""
+
+    url: str
+    pid: int
+
+
+class Bench:
+    """The phases of one run, on a started stack, writer and empty handler."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: Settings,
+        report: BenchReport,
+        lag: "LagSampler",
+        roots: dict[str, int],
+        empty_handler: Server,
+    ) -> None:
+        self.args = args
+        self.settings = settings
+        self.report = report
+        self.lag = lag
+        self.roots = roots  # the processes measured besides the server
+        self.servers = {EMPTY_HANDLER: empty_handler}
+        self.out_dir = Path(args.out).absolute()
+        self.admin_url = f"http://{LOOPBACK}:{settings.admin_port}"
+        self.load_env = child_env(settings, ADMIN_URL=self.admin_url)
+        self._bets: NewBets | None = None
+
+    @contextmanager
+    def gateway(self, workers: int) -> Iterator[None]:
+        """The gateway with `workers` processes, ready, for the length of the block."""
+        command = [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)]
+        log_path = self.out_dir / f"gateway-{workers}.log"
+        with running(command, child_env(self.settings), log_path) as process:
+            wait_until_ready(
+                self.admin_url + "/readyz", self.settings.gateway_port, workers, log_path
+            )
+            if self._bets is None:
+                self._bets = new_bets(self.admin_url, self.settings)
+            self.servers[GATEWAY] = Server(
+                f"http://{LOOPBACK}:{self.settings.gateway_port}", process.pid
+            )
+            yield
+
+    @property
+    def bets(self) -> NewBets:
+        assert self._bets is not None, "the players are created once a gateway is up"
+        return self._bets
+
+    def measure(self, phase: PhaseResult, drive: Callable[[PhaseResult], float]) -> None:
+        """Drive the phase's load (`drive` returns the load tool's CPU seconds), with every
+        process's CPU from the phase's start until the writer caught up after it. Every phase
+        starts with the writer caught up, so none pays for the last one's lag."""
+        self.lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
+        server = self.servers.get(phase.server)
+        meter = CpuMeter(self.roots if server is None else {SERVER: server.pid, **self.roots})
+        announce(phase)
+        commands_started = redis_command_stats(self.settings.redis_url)
+        meter.start()
+        load_tool_seconds = drive(phase)
+        self.lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
+        phase.cpu_seconds = {**meter.stop(), LOAD_TOOL: load_tool_seconds}
+        phase.redis_commands = command_stats_delta(
+            commands_started, redis_command_stats(self.settings.redis_url)
+        )
+        self.report.phases.append(phase)
+        print_outcome(phase)
+
+    def locust(self, phase: PhaseResult) -> None:
+        url = self.servers[phase.server].url
+        self.measure(
+            phase, lambda phase: run_locust(phase, url, self.load_env, self.out_dir, self.lag)
+        )
+
+    def flat_out(
+        self, name: str, server: str, workers: int, round_number: int | None = None
+    ) -> None:
+        """New bets to the gateway, or the same requests to the empty handler, flat out: by
+        wrk, else by locust."""
+        args = self.args
+        if self.report.wrk_missing:
+            load = CEILING_CLASS if server == EMPTY_HANDLER else NEW_BETS_CLASS
+            tool, users = LOCUST, args.users
+        else:
+            load, tool, users = WRK_LOAD, WRK, args.connections
+        phase = PhaseResult(
+            name, tool, load, server, workers, users, args.duration_seconds, None, round_number
+        )
+        if tool == LOCUST:
+            self.locust(phase)
+            return
+        count = CEILING_BETS if server == EMPTY_HANDLER else self.bets_needed(workers)
+        prefix = self.out_dir / f"{name}.bets"
+        self.bets.write_wrk_files(count, WRK_THREADS, prefix)
+        url = self.servers[server].url
+        try:
+            self.measure(
+                phase,
+                lambda phase: run_wrk(phase, url, prefix, self.out_dir, self.lag),
+            )
+        finally:
+            for thread in range(WRK_THREADS):
+                Path(f"{prefix}.{thread}").unlink()
+
+    def bets_needed(self, workers: int) -> int:
+        """Enough bets for new bets flat out on `workers` processes: BETS_MARGIN times the run
+        time at the best rate per process so far times `workers` (before any, the empty
+        handler's). Fewer bets to load keep wrk's start-up out of its CPU per request."""
+        per_process = [
+            p.total["rps"] / p.workers
+            for p in self.report.phases
+            if p.load == WRK_LOAD and p.server == GATEWAY
+        ] or [p.total["rps"] for p in self.report.phases if p.server == EMPTY_HANDLER]
+        return (
+            math.ceil(max(per_process) * workers * self.args.duration_seconds * BETS_MARGIN)
+            + BETS_MIN
+        )
+
+    def at_rate(self, name: str, load: str, server: str, rps: float) -> None:
+        self.locust(
+            PhaseResult(
+                name,
+                LOCUST,
+                load,
+                server,
+                1,
+                self.args.latency_users,
+                self.args.duration_seconds,
+                rps,
+            )
+        )
+
+    def redis_ceiling(self) -> None:
+        """The withdraw script straight to Redis, as many calls as Redis may do in the phase's
+        time at REDIS_HEADROOM times the best new-bet rate."""
+        best = max(p.total["rps"] for p in self.report.phases if p.server == GATEWAY)
+        count = min(REDIS_CALLS_MAX, math.ceil(best * REDIS_HEADROOM * self.args.duration_seconds))
+        print(f"[bench] preparing {count} withdraw script calls", flush=True)
+        commands = packed_withdraw_calls(self.bets, count, self.settings)
+        phase = PhaseResult(
+            "redis-withdraw-script",
+            PIPELINED_EVALSHA,
+            WITHDRAW_LOAD,
+            REDIS,
+            0,
+            REDIS_CONNECTIONS,
+            self.args.duration_seconds,
+        )
+        self.measure(
+            phase, lambda phase: run_redis_ceiling(phase, self.settings.redis_url, commands)
+        )
+
+    def run_phases(self) -> None:
+        args = self.args
+        first, *further = args.workers
+        with self.gateway(first):
+            for number in range(1, args.rounds + 1):
+                self.flat_out(f"ceiling-round-{number}", EMPTY_HANDLER, 1, number)
+                self.flat_out(f"new-bets-{first}-process-round-{number}", GATEWAY, first, number)
+            self.locust(
+                PhaseResult(
+                    "provider-mix",
+                    LOCUST,
+                    "Provider",
+                    GATEWAY,
+                    first,
+                    args.users,
+                    args.duration_seconds,
+                )
+            )
+            half_rate = HALF_RATE_FRACTION * self.report.median_new_bets_rps()
+            self.at_rate("new-bets-half-rate", NEW_BETS_CLASS, GATEWAY, half_rate)
+            self.at_rate("ceiling-half-rate", CEILING_CLASS, EMPTY_HANDLER, half_rate)
+            self.report.duplicates_replayed = scrape_replays(self.admin_url)
+        for workers in further:
+            with self.gateway(workers):
+                self.flat_out(f"new-bets-{workers}-process", GATEWAY, workers)
+        self.redis_ceiling()
+
+
 def run_bench(args: argparse.Namespace) -> BenchReport:
     out_dir = Path(args.out).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,67 +841,34 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
         admin_port=free_port(),
     )
     stack = EmbeddedStack(settings)
-    report = BenchReport(machine=f"{os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    report = BenchReport(
+        machine=f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, Redis AOF "
+        f"appendfsync {settings.redis_appendfsync}",
+        wrk_missing=wrk_missing(),
+    )
     settings = stack.start(settings)
     lag = LagSampler(settings)
     sampler = threading.Thread(target=lag.run, daemon=True)
     try:
         asyncio.run(migrate(settings.database_url))
-        host = f"http://{LOOPBACK}:{settings.gateway_port}"
-        admin_url = f"http://{LOOPBACK}:{settings.admin_port}"
-        load_env = child_env(settings, ADMIN_URL=admin_url)
         sampler.start()
-
-        def measure(
-            name: str,
-            locust_class: str,
-            workers: int,
-            target: str,
-            rps: float | None = None,
-            round_number: int | None = None,
-        ) -> PhaseResult:
-            # every phase starts with the writer caught up, so none pays for the last one's lag
-            lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
-            users = args.latency_users if rps else args.users
-            phase = PhaseResult(
-                name, locust_class, workers, users, args.duration_seconds, rps, round_number
-            )
-            report.phases.append(run_locust(phase, target, load_env, out_dir, lag))
-            return phase
-
-        ceiling_port = free_port()
-        ceiling_url = f"http://{LOOPBACK}:{ceiling_port}"
-        ceiling = [sys.executable, "-m", "loadtests.empty_app", str(ceiling_port)]
+        port = free_port()
+        empty_handler = [sys.executable, "-m", "loadtests.empty_app", str(port)]
         writer = [sys.executable, "-m", "persistence.writer"]
         with (
-            running(writer, child_env(settings), out_dir / "writer.log"),
-            running(ceiling, load_env, out_dir / "empty_app.log"),
+            running(writer, child_env(settings), out_dir / "writer.log") as writer_process,
+            running(empty_handler, os.environ.copy(), out_dir / "empty_app.log") as empty_process,
         ):
             time.sleep(1.0)  # the empty handler's start-up (it has no readiness route)
-            for workers in args.workers:
-                gateway = [sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers)]
-                with running(gateway, child_env(settings), out_dir / f"gateway-{workers}.log"):
-                    wait_until_ready(admin_url + "/readyz", out_dir / f"gateway-{workers}.log")
-                    if workers != args.workers[0]:
-                        measure(f"new-bets-{workers}-process", NEW_BETS_CLASS, workers, host)
-                        continue
-                    for number in range(1, args.rounds + 1):
-                        measure(
-                            f"ceiling-round-{number}", CEILING_CLASS, 1, ceiling_url, None, number
-                        )
-                        measure(
-                            f"new-bets-{workers}-process-round-{number}",
-                            NEW_BETS_CLASS,
-                            workers,
-                            host,
-                            None,
-                            number,
-                        )
-                    measure("provider-mix", "Provider", workers, host)
-                    half_rate = HALF_RATE_FRACTION * report.median_new_bets_rps()
-                    measure("new-bets-half-rate", NEW_BETS_CLASS, workers, host, half_rate)
-                    measure("ceiling-half-rate", CEILING_CLASS, 1, ceiling_url, half_rate)
-                    report.duplicates_replayed = scrape_replays(admin_url)
+            bench = Bench(
+                args,
+                settings,
+                report,
+                lag,
+                stack_roots(stack, writer_process.pid),
+                Server(f"http://{LOOPBACK}:{port}", empty_process.pid),
+            )
+            bench.run_phases()
             print("[bench] waiting for the history writer, then reconciling", flush=True)
             outcome = asyncio.run(run_with_redis(settings, reconcile))
         report.reconcile_agrees = outcome.agrees
@@ -434,6 +892,7 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
 def write_report(report: BenchReport, out_dir: Path) -> None:
     data = asdict(report)
     data["ratios_to_empty_handler"] = report.ratios()
+    data["cpu_seconds_per_1000_requests"] = report.cpu_per_thousand()
     data["money_check_passed"] = report.money_check_passed
     (out_dir / "report.json").write_text(json.dumps(data, indent=2))
     (out_dir / "report.md").write_text(render_markdown(report))
@@ -441,50 +900,199 @@ def write_report(report: BenchReport, out_dir: Path) -> None:
     print((out_dir / "report.md").read_text(), flush=True)
 
 
+def _ms(stats: dict[str, float], key: str) -> str:
+    """A latency, or '-' where the tool measured none (the pipelined Redis client)."""
+    return f"{stats[key]:.1f}" if key in stats else "-"
+
+
+def render_headline(report: BenchReport) -> list[str]:
+    pairs = report.rounds()
+    if not pairs:
+        return ["No ceiling / new-bets round was measured."]
+    tool = pairs[0][1].tool
+    lines = []
+    if report.wrk_missing:
+        lines += [
+            f"**Not measured by wrk: {report.wrk_missing}.** The rows below were measured by "
+            "locust instead, whose own limit (about 9k req/s on 2 cores) caps both numbers: the "
+            "ratio understates the gateway.",
+            "",
+        ]
+    lines += [
+        f"Headline: new bets at **{report.ratios()['median']:.2f}x** the empty aiohttp handler "
+        f"(median of {len(pairs)} round{'s' if len(pairs) > 1 else ''}, 1 gateway process, "
+        f"measured by {tool}, "
+        f"{pairs[0][1].users} {'users' if tool == LOCUST else 'connections'} for both).",
+        "",
+        "| round | tool | empty handler req/s | new bets req/s | ratio | new bets p50 ms "
+        "| new bets p99 ms | empty handler p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for ceiling, new_bets in pairs:
+        lines.append(
+            f"| {new_bets.round_number} | {tool} | {ceiling.total['rps']:.0f} | "
+            f"{new_bets.total['rps']:.0f} | {new_bets.total['rps'] / ceiling.total['rps']:.2f}x | "
+            f"{_ms(new_bets.total, 'p50_ms')} | {_ms(new_bets.total, 'p99_ms')} | "
+            f"{_ms(ceiling.total, 'p99_ms')} |"
+        )
+    return lines
+
+
+def render_scaling(report: BenchReport) -> list[str]:
+    """Throughput by gateway process count, next to the empty handler and to Redis's own
+    ceiling for the withdraw script."""
+    redis_ceiling = report.redis_ceiling()
+    ratios = report.ratios()
+    lines = [
+        "| gateway processes | tool | new bets req/s | p99 ms | to the empty handler "
+        "| to Redis's own ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for index, phase in enumerate(report.process_counts()):
+        to_ceiling = ratios["median"] if index == 0 else ratios[phase.name]
+        to_redis = (
+            f"{phase.total['rps'] / redis_ceiling.total['rps']:.2f}x"
+            if redis_ceiling and not redis_ceiling.failures
+            else "-"
+        )
+        lines.append(
+            f"| {phase.workers} | {phase.tool} | {phase.total['rps']:.0f} | "
+            f"{_ms(phase.total, 'p99_ms')} | {to_ceiling:.2f}x | {to_redis} |"
+        )
+    if redis_ceiling and redis_ceiling.failures:
+        lines += [
+            "",
+            "Redis's own ceiling for the withdraw script: not measured, Redis refused calls: "
+            + ", ".join(f"{kind}: {count}" for kind, count in redis_ceiling.failures.items()),
+        ]
+    elif redis_ceiling:
+        lines += [
+            "",
+            f"Redis's own ceiling for the withdraw script: **{redis_ceiling.total['rps']:.0f} "
+            f"calls/s** ({redis_ceiling.total['requests']:.0f} of the gateway's own EVALSHA "
+            f"calls of new bets, recorded by loadtests/wrk_bodies.py, sent by the bench on "
+            f"{redis_ceiling.users} connections {REDIS_PIPELINE_DEPTH} deep, the writer "
+            "draining the streams meanwhile).",
+        ]
+    return lines
+
+
+def render_cpu_table(report: BenchReport) -> list[str]:
+    per_thousand = report.cpu_per_thousand()
+    tools: dict[str, str] = {}
+    for phase in report.phases:
+        tools.setdefault(phase.group, phase.tool)
+    lines = [
+        "| process | " + " | ".join(f"{group} ({tools[group]})" for group in per_thousand) + " |",
+        "|---|" + "---|" * len(per_thousand),
+    ]
+    labels = {
+        SERVER: "server: the gateway (its workers included), or the empty handler",
+        REDIS: "Redis",
+        WRITER: "writer",
+        POSTGRES: "PostgreSQL (postmaster and backends)",
+        LOAD_TOOL: "load tool (wrk without loading its bets; locust with its start-up; the "
+        "bench's client for Redis)",
+    }
+    for row in CPU_ROWS:
+        cells = [f"{column[row]:.3f}" if row in column else "-" for column in per_thousand.values()]
+        lines.append(f"| {labels[row]} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(column.values()):.3f}" for column in per_thousand.values()]
+    lines.append("| total | " + " | ".join(totals) + " |")
+    return lines
+
+
+def render_redis_commands(report: BenchReport) -> list[str]:
+    """Microseconds inside Redis per request, by command (those above REDIS_COMMAND_SHARE_MIN
+    of a column's), next to Redis's whole CPU from /proc."""
+    per_thousand = report.redis_usec_per_thousand()
+    cpu = report.cpu_per_thousand()
+    commands = sorted(
+        {
+            command
+            for column in per_thousand.values()
+            for command, usec in column.items()
+            if usec >= REDIS_COMMAND_SHARE_MIN * sum(column.values())
+        },
+        key=lambda command: -max(column.get(command, 0.0) for column in per_thousand.values()),
+    )
+    lines = [
+        "| Redis, us per request | " + " | ".join(per_thousand) + " |",
+        "|---|" + "---|" * len(per_thousand),
+    ]
+    for command in commands:
+        cells = [f"{column.get(command, 0.0) / 1000:.1f}" for column in per_thousand.values()]
+        lines.append(f"| {command} | " + " | ".join(cells) + " |")
+    whole = [
+        f"{cpu[group][REDIS] * 1000:.1f}" if REDIS in cpu.get(group, {}) else "-"
+        for group in per_thousand
+    ]
+    lines.append("| the Redis process (/proc) | " + " | ".join(whole) + " |")
+    return lines
+
+
 def render_markdown(report: BenchReport) -> str:
     lines = [
         "# wallet-gateway bench",
         "",
-        f"Machine: {report.machine}. Load tool: locust (FastHttpUser), headless, on the same "
-        "machine. All phases in one run.",
+        f"Machine: {report.machine}. The load tools run on the same machine; all phases in one "
+        "run.",
         "",
-        "| phase | processes | users | endpoint | req/s | p50 ms | p95 ms | p99 ms | max ms "
-        "| failures |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "## New bets against the empty aiohttp handler",
+        "",
+        *render_headline(report),
+        "",
+        "## More gateway processes, and Redis's own ceiling",
+        "",
+        *render_scaling(report),
+        "",
+        "## Where the CPU goes",
+        "",
+        "CPU seconds per 1,000 answered requests (= CPU ms per request), by process, from "
+        "/proc: from each phase's start until the writer caught up after it, the rounds of a "
+        "kind added up. A row a server outside the bench would be is '-'.",
+        "",
+        *render_cpu_table(report),
+        "",
+        "Inside Redis: each command's time per request (INFO commandstats over the same span), "
+        "next to the Redis process's CPU per request from /proc. `evalsha` includes the "
+        "commands its scripts run, which are counted under their own names too; what the "
+        "commands leave of the process's CPU is its event loop, sockets and AOF writes.",
+        "",
+        *render_redis_commands(report),
+        "",
+        "## Every phase",
+        "",
+        "| phase | tool | processes | users / connections | endpoint | req/s | p50 ms | p95 ms "
+        "| p99 ms | max ms | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in report.phases:
         for name, stats in phase.endpoints.items():
             lines.append(
-                f"| {phase.name} | {phase.workers} | {phase.users} | {name} | "
-                f"{stats['rps']:.0f} | {stats['p50_ms']:.0f} | {stats['p95_ms']:.0f} | "
-                f"{stats['p99_ms']:.0f} | {stats['max_ms']:.0f} | {stats['failures']:.0f} |"
+                f"| {phase.name} | {phase.tool} | {phase.workers} | {phase.users} | {name} | "
+                f"{stats['rps']:.0f} | {_ms(stats, 'p50_ms')} | {_ms(stats, 'p95_ms')} | "
+                f"{_ms(stats, 'p99_ms')} | {_ms(stats, 'max_ms')} | {stats['failures']:.0f} |"
             )
-    lines += ["", "Errors by status:", ""]
+    lines += ["", "Errors by kind:", ""]
     errors = {
         f"{phase.name}: {error}": count
         for phase in report.phases
         for error, count in phase.failures.items()
     }
     lines += [f"- {error}: {count}" for error, count in errors.items()] or ["- none"]
-    lines += [
-        "",
-        "New-bet throughput as a fraction of the empty handler's (same tool, same run; each "
-        "round's pair back to back):",
-        "",
-    ]
-    lines += [f"- {name}: {ratio:.2f}x" for name, ratio in report.ratios().items()]
     gateway, floor = report.phase("new-bets-half-rate"), report.phase("ceiling-half-rate")
     if gateway and floor:
         lines += [
             "",
-            f"Latency at half of the maximum new-bet rate ({gateway.target_rps:.0f} req/s, "
-            f"{gateway.users} users), next to the empty handler at the same rate: what the load "
-            "tool itself adds:",
+            f"Latency at half of the median maximum new-bet rate ({gateway.target_rps:.0f} "
+            f"req/s, locust, {gateway.users} users), next to the empty handler at the same rate: "
+            "what locust itself adds:",
             "",
-            f"- gateway: p50 {gateway.total.get('p50_ms', 0):.0f} ms, "
-            f"p99 {gateway.total.get('p99_ms', 0):.0f} ms",
-            f"- empty handler: p50 {floor.total.get('p50_ms', 0):.0f} ms, "
-            f"p99 {floor.total.get('p99_ms', 0):.0f} ms",
+            f"- gateway: p50 {_ms(gateway.total, 'p50_ms')} ms, "
+            f"p99 {_ms(gateway.total, 'p99_ms')} ms",
+            f"- empty handler: p50 {_ms(floor.total, 'p50_ms')} ms, "
+            f"p99 {_ms(floor.total, 'p99_ms')} ms",
         ]
     lines += [
         "",
@@ -505,6 +1113,7 @@ def render_markdown(report: BenchReport) -> str:
 
 
 def draw_chart(report: BenchReport, path: Path) -> None:
+    """Throughput and latency over time of the phases with a history (locust's)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to the file
@@ -513,6 +1122,8 @@ def draw_chart(report: BenchReport, path: Path) -> None:
     figure, (throughput, latency) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     start = min((p.history[0]["t"] for p in report.phases if p.history), default=0.0)
     for phase in report.phases:
+        if not phase.history:
+            continue
         seconds = [sample["t"] - start for sample in phase.history]
         throughput.plot(seconds, [s["rps"] for s in phase.history], label=phase.name)
         latency.plot(seconds, [s["p99_ms"] for s in phase.history], label=f"{phase.name} p99")
@@ -521,10 +1132,10 @@ def draw_chart(report: BenchReport, path: Path) -> None:
         )
     throughput.set_ylabel("requests / s")
     latency.set_ylabel("latency, ms")
-    latency.set_xlabel("seconds since the first phase")
+    latency.set_xlabel("seconds since the first locust phase")
     throughput.legend(fontsize="small")
     latency.legend(fontsize="x-small", ncol=2)
-    figure.suptitle("wallet-gateway bench")
+    figure.suptitle("wallet-gateway bench: the locust phases")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -543,6 +1154,12 @@ def _process_counts(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-seconds", type=int, default=20, help="per phase (default 20)")
     parser.add_argument("--users", type=int, default=32, help="locust users (default 32)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=CONNECTIONS_DEFAULT,
+        help=f"wrk connections of the flat-out phases (default {CONNECTIONS_DEFAULT})",
+    )
     parser.add_argument(
         "--rounds",
         type=int,

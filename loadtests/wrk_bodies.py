@@ -1,43 +1,107 @@
-"""Pre-signed new bets for wrk (loadtests/wrk_bets.lua), a lighter load tool than locust for
-cross-checking latency: the requests are built and signed here, so wrk spends nothing on them.
+"""Pre-signed new bets, each with a provider_tx_id never used before, built and signed ahead of
+the measurement so that the load tool spends nothing on them:
+- for wrk (loadtests/wrk_bets.lua): one file per wrk thread, `PREFIX.0`, `PREFIX.1`, ...;
+- for Redis directly: the withdraw script's EVALSHA commands, built by the gateway's own
+  `Wallet.debit_bet` (recorded instead of sent), for the bench's Redis ceiling.
 
 python -m loadtests.wrk_bodies --admin-url http://127.0.0.1:8081 --admin-token T \\
-    --public-key PUB --secret SECRET --players 200 --bets 200000 --out bets.tsv
+    --public-key PUB --secret SECRET --players 200 --bets 200000 --threads 2 --out bets
 """
 
 import argparse
 import asyncio
+import itertools
 import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from gateway.schemas import BetRequest
+from gateway.settings import Settings
 from gateway.signing import sign_body
+from gateway.wallet import Wallet
 from provider.client import OperatorAdmin, PlayerSession, bet_body, encode
 
+# each player can pay 10^12 bets of the stake: no phase runs out of money
 BALANCE_MILLIS = 10**14
 STAKE_MILLIS = 100
+CURRENCY = "USD"
+GAME = "aviadrone"
+# the script's answer to a new bet, for the recording wallet (outcome, balance, operator tx id,
+# currency, replayed)
+RECORDED_REPLY = ["OK", 0, "", CURRENCY, 0]
 
 
-async def new_players(args: argparse.Namespace) -> list[PlayerSession]:
-    async with OperatorAdmin(args.admin_url, args.admin_token) as admin:
-        return [await admin.new_player("USD", BALANCE_MILLIS) for _ in range(args.players)]
+async def new_players(admin_url: str, admin_token: str, count: int) -> list[PlayerSession]:
+    """Players with an open session, created through the admin API."""
+    async with OperatorAdmin(admin_url, admin_token) as admin:
+        return [await admin.new_player(CURRENCY, BALANCE_MILLIS) for _ in range(count)]
 
 
-def write_bets(players: list[PlayerSession], args: argparse.Namespace) -> None:
-    run = secrets.token_hex(4)
-    with open(args.out, "w") as out:
-        for n in range(args.bets):
-            player = players[n % len(players)]
-            body = encode(
+class NewBets:
+    """Bets of these players, dealt round robin; every one has a tx id of its own."""
+
+    def __init__(self, players: list[PlayerSession], public_key: str, secret: str) -> None:
+        self.players = players
+        self.public_key = public_key
+        self.secret = secret
+        self._run = secrets.token_hex(4)
+        self._numbers = itertools.count()
+
+    def bodies(self, count: int) -> Iterator[bytes]:
+        for number in itertools.islice(self._numbers, count):
+            player = self.players[number % len(self.players)]
+            tx_id = f"wrk-{self._run}-{number}"
+            yield encode(
                 bet_body(
                     user_id=player.user_id,
                     session_token=player.session_token,
                     amount_millis=STAKE_MILLIS,
-                    currency="USD",
-                    provider_tx_id=f"wrk-{run}-{n}",
-                    round_id=f"wrk-{run}-{n}",
-                    game="aviadrone",
+                    currency=CURRENCY,
+                    provider_tx_id=tx_id,
+                    round_id=tx_id,
+                    game=GAME,
                 )
             )
-            out.write(f"{sign_body(args.secret, body)}\t{args.public_key}\t{body.decode()}\n")
+
+    def write_wrk_files(self, count: int, threads: int, prefix: Path) -> None:
+        """`count` bets, signed, dealt over `threads` files (thread k reads `prefix.k`)."""
+        files = [Path(f"{prefix}.{thread}").open("w") for thread in range(threads)]
+        try:
+            for number, body in enumerate(self.bodies(count)):
+                files[number % threads].write(
+                    f"{sign_body(self.secret, body)}\t{self.public_key}\t{body.decode()}\n"
+                )
+        finally:
+            for file in files:
+                file.close()
+
+
+class RecordingWallet(Wallet):
+    """The gateway's wallet, whose script calls are recorded instead of sent to Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(Redis(), settings)  # never connected: nothing is sent
+        self.recorded: list[tuple[AsyncScript, list[str], tuple[Any, ...]]] = []
+
+    async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+        self.recorded.append((script, keys, args))
+        return RECORDED_REPLY
+
+
+async def withdraw_calls(
+    bodies: Iterator[bytes], settings: Settings
+) -> list[tuple[AsyncScript, list[str], tuple[Any, ...]]]:
+    """(script, KEYS, ARGV) of the withdraw script, as the gateway would call it for each
+    body."""
+    wallet = RecordingWallet(settings)
+    for body in bodies:
+        await wallet.debit_bet(BetRequest.parse(orjson.loads(body)), body)
+    return wallet.recorded
 
 
 def main() -> None:
@@ -48,9 +112,13 @@ def main() -> None:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--players", type=int, default=200)
     parser.add_argument("--bets", type=int, default=200_000)
-    parser.add_argument("--out", default="bets.tsv")
+    parser.add_argument("--threads", type=int, default=1, help="wrk's -t")
+    parser.add_argument("--out", default="bets", help="file prefix: PREFIX.0, PREFIX.1, ...")
     args = parser.parse_args()
-    write_bets(asyncio.run(new_players(args)), args)
+    players = asyncio.run(new_players(args.admin_url, args.admin_token, args.players))
+    NewBets(players, args.public_key, args.secret).write_wrk_files(
+        args.bets, args.threads, Path(args.out)
+    )
 
 
 if __name__ == "__main__":
