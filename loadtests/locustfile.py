@@ -10,8 +10,9 @@ Two more user classes, for the benchmark (`wallet-gateway bench`): `NewBets` sen
 bets (the throughput the issue budgets), and `EmptyHandlerCeiling` sends the same signed bet body
 to an empty aiohttp handler (the ceiling the gateway is compared with).
 
-Everything is set by environment variables (see `LoadSettings`); the target is 127.0.0.1
-unless `--host` says otherwise. Bound it with `--run-time`. `LOAD_THROUGHPUT_PER_USER` fixes
+Everything is set by environment variables (see `LoadSettings`), else taken from the running
+`wallet-gateway up` of DATA_DIR; the target is that stack's, or 127.0.0.1:8080, unless `--host`
+says otherwise. Bound it with `--run-time`. `LOAD_THROUGHPUT_PER_USER` fixes
 each user's rate (requests per second) instead of going flat out.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from locust import FastHttpUser, between, constant_throughput, events, task
 
+from gateway.recorded_stack import data_dir_of, running_stack
 from gateway.signing import KeyRing, signed_headers
 from provider.client import (
     BALANCE_PATH,
@@ -50,11 +52,18 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
+# What the environment does not say comes from the stack a `wallet-gateway up` runs from
+# DATA_DIR (.wallet-gateway in the working folder by default): locust needs no exports there.
+STACK = running_stack(data_dir_of(None))
+
+
 @dataclass(frozen=True)
 class LoadSettings:
-    admin_url: str = os.environ.get("ADMIN_URL", "http://127.0.0.1:8081")
-    admin_token: str = os.environ.get("ADMIN_TOKEN", "")
-    provider_keys: str = os.environ.get("PROVIDER_KEYS", "")
+    admin_url: str = os.environ.get(
+        "ADMIN_URL", STACK.admin_url if STACK else "http://127.0.0.1:8081"
+    )
+    admin_token: str = os.environ.get("ADMIN_TOKEN", STACK.admin_token if STACK else "")
+    provider_keys: str = os.environ.get("PROVIDER_KEYS", STACK.provider_keys if STACK else "")
     operator_id: str = os.environ.get("OPERATOR_ID", "operator")
     currency: str = os.environ.get("LOAD_CURRENCY", "USD")
     opening_balance_millis: int = int(os.environ.get("LOAD_BALANCE_MILLIS", 10**12))
@@ -87,7 +96,7 @@ def _admin_call(path: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 @events.init_command_line_parser.add_listener
 def _default_host(parser: Any) -> None:
-    parser.set_defaults(host="http://127.0.0.1:8080")
+    parser.set_defaults(host=STACK.callbacks_url if STACK else "http://127.0.0.1:8080")
 
 
 def _wait_time() -> Any:

@@ -5,6 +5,7 @@ rollback, the simulator, the conformance kit and reconcile, each finding the sta
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def run(up: RunningUp, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=COMMAND_SECONDS_MAX,
         check=False,
     )
+
+
+def callbacks_served(up: RunningUp) -> int:
+    return sum(1 for line in up.log() if line.get("message") == "callback")
 
 
 def answer(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -192,3 +197,20 @@ def test_a_restarted_up_keeps_its_ports_and_a_stopped_one_is_named(
         assert (second.redis_url, second.database_url) == (first.redis_url, first.database_url)
     finally:
         assert again.stop() == 0
+
+
+def test_the_load_test_finds_the_stack(running_up: RunningUp) -> None:
+    locustfile = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
+    callbacks_before = callbacks_served(running_up)
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(locustfile), "Provider", "--headless"],
+        env=dict(another_shell(running_up), LOCUST_USERS="2", LOCUST_RUN_TIME="3s"),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_SECONDS_MAX,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # none failed, and they went to this stack
+    assert callbacks_served(running_up) > callbacks_before
+    assert re.search(r"Aggregated\s+[1-9]\d*\s+0\(0\.00%\)", done.stderr), done.stderr[-3000:]
