@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.callbacks import report_internal_error, respond
 from gateway.launch import LaunchClient, LaunchRequest, ProviderUnavailable
 from gateway.metrics import Metrics
-from gateway.operations import PUBLIC_PATHS
+from gateway.operations import PUBLIC_PATHS, is_console_path
 from gateway.outcomes import OK
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable
 from gateway.schemas import (
@@ -71,7 +71,7 @@ def bearer_token_middleware(admin_token: str) -> Middleware:
         # aiohttp hands a header that is not UTF-8 over with surrogate escapes: back to the
         # bytes as sent, which then never equal the token
         given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-        public = request.path in PUBLIC_PATHS
+        public = request.path in PUBLIC_PATHS or is_console_path(request.path)
         if not public and (not admin_token or not hmac.compare_digest(given, expected)):
             return respond("UNAUTHORIZED")
         return await handler(request)

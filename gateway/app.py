@@ -13,9 +13,11 @@ from gateway.admin import (
     storable_parameters,
 )
 from gateway.callbacks import BODY_BYTES_MAX, Callbacks, respond
+from gateway.console.app import Console, create_console_app
+from gateway.console.auth import SessionStore
 from gateway.launch import LaunchClient
 from gateway.metrics import Metrics
-from gateway.operations import OperationsApi
+from gateway.operations import CONSOLE_PATH, OperationsApi
 from gateway.redis_connection import connect_redis
 from gateway.sessions import Sessions
 from gateway.settings import Settings
@@ -134,7 +136,18 @@ def create_admin_app(services: Services) -> web.Application:
             None if support is None else support.queries,
         ).routes()
     )
-    app.add_routes(operations_api(services).routes())
+    operations = operations_api(services)
+    app.add_routes(operations.routes())
     if support is not None:
         app.add_routes(support.routes())
+    # the operator's console: its own session cookie, not the bearer token (gateway/console)
+    console = Console(
+        settings.admin_token,
+        SessionStore(services.redis),
+        services.wallet,
+        services.metrics,
+        operations,
+        None if support is None else support.queries,
+    )
+    app.add_subapp(CONSOLE_PATH, create_console_app(console))
     return _with_envelope_fallback(app)

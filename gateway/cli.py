@@ -182,10 +182,20 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "call": ("provider.call", "sign and send one callback with the stack's keys; print the answer"),
     "admin": ("gateway.admin_call", "one call of the admin API with the stack's token"),
+    "report": ("persistence.reports", "reports from the history: GGR per day, game and currency"),
 }
 # Commands that use a stack rather than run one: what they are not told, they take from the
 # stack a `wallet-gateway up` runs from their DATA_DIR (gateway.recorded_stack).
-STACK_CLIENTS = {"migrate", "reconcile", "restore", "simulate", "conformance", "call", "admin"}
+STACK_CLIENTS = {
+    "migrate",
+    "reconcile",
+    "restore",
+    "simulate",
+    "conformance",
+    "call",
+    "admin",
+    "report",
+}
 # option -> the recorded stack's field it defaults to
 STACK_DEFAULTS = {
     "url": "callbacks_url",

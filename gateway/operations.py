@@ -19,6 +19,12 @@ from persistence.streams import WriterLag, read_progress
 PROBE_TIMEOUT_SECONDS = 1.0
 # probes, scrapers and the API document need no admin token
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# the operator's console (gateway/console): not the bearer token, its own session cookie
+CONSOLE_PATH = "/console"
+
+
+def is_console_path(path: str) -> bool:
+    return path == CONSOLE_PATH or path.startswith(f"{CONSOLE_PATH}/")
 
 
 class OperationsApi:

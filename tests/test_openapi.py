@@ -18,6 +18,7 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway.app import Services, create_admin_app, create_gateway_app
 from gateway.openapi import openapi_document
+from gateway.operations import is_console_path
 from gateway.settings import Settings
 from gateway.signing import signed_headers
 
@@ -134,11 +135,14 @@ async def admin_call(
 
 
 def served_routes(app: web.Application) -> set[tuple[str, str]]:
-    """(METHOD, path template) of every route, without the envelope fallback and auto-HEADs."""
+    """(METHOD, path template) of every route, without the envelope fallback, auto-HEADs and
+    the console's HTML pages (gateway/console: not API)."""
     return {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
-        if route.resource is not None and route.method not in ("*", "HEAD")
+        if route.resource is not None
+        and route.method not in ("*", "HEAD")
+        and not is_console_path(route.resource.canonical)
     }
 
 
