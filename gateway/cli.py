@@ -102,6 +102,10 @@ def command_serve(settings: Settings) -> int:
         raise ValueError("serve needs REDIS_URL (or use `wallet-gateway up`)")
     if not settings.provider_keys or not settings.admin_token:
         raise ValueError("serve needs PROVIDER_KEYS and ADMIN_TOKEN")
+    from gateway.dev_secrets import dev_secret_refusal
+
+    if refusal := dev_secret_refusal(settings):
+        raise ValueError(refusal)
     check_ports_free(settings)
     server.run(settings, started=lambda: log.info("serving on port %s", settings.gateway_port))
     return 0

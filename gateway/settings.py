@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,12 @@ class Settings:
         "", "PROVIDER_KEYS", "key ring 'public1:secret1,public2:secret2' (`up` generates one)"
     )
     admin_token: str = _setting("", "ADMIN_TOKEN", "bearer token of the admin API")
+    dev_stack: str = _setting(
+        "",
+        "DEV_STACK",
+        "a development stack, published only on these addresses (comma-separated): `serve`"
+        " accepts docker-compose.yml's development secrets only when each one is loopback",
+    )
     gateway_host: str = _setting("127.0.0.1", "GATEWAY_HOST", "callback listener address")
     gateway_port: int = _setting(8080, "GATEWAY_PORT", "callback listener port")
     admin_host: str = _setting("127.0.0.1", "ADMIN_HOST", "admin listener address")
@@ -90,12 +97,29 @@ class Settings:
             raise ValueError(f"IDEMPOTENCY_FILTER_BITS must be between 64 and {FILTER_BITS_MAX}")
         if self.redis_appendfsync not in ("everysec", "always"):
             raise ValueError("REDIS_APPENDFSYNC must be everysec or always")
+        if self.dev_stack:
+            dev_stack_addresses(self.dev_stack)  # raises on anything but addresses
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
         return self
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def dev_stack_addresses(dev_stack: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """DEV_STACK's addresses ("[::1]" as compose writes it, "localhost" as 127.0.0.1)."""
+    addresses = []
+    for entry in dev_stack.split(","):
+        entry = entry.strip().removeprefix("[").removesuffix("]")
+        try:
+            addresses.append(ipaddress.ip_address("127.0.0.1" if entry == "localhost" else entry))
+        except ValueError:
+            raise ValueError(
+                "DEV_STACK must list the addresses the stack is published on, such as"
+                f" 127.0.0.1, not {entry!r}"
+            ) from None
+    return addresses
 
 
 # What each kind of command reads; its --help offers only these.

@@ -4,6 +4,7 @@ credentials generated once and kept in the data folder."""
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -11,23 +12,38 @@ from gateway.recorded_stack import RecordedStack
 from gateway.settings import Settings
 
 CREDENTIALS_FILE_NAME = "credentials.json"
+# Each credential of the stack and how it is generated: once, the first time a data folder
+# lacks it (a folder of an earlier version gains the servers' passwords, keeping the rest).
+GENERATED_CREDENTIALS: dict[str, Callable[[], str]] = {
+    "provider_keys": lambda: f"pk-{secrets.token_hex(8)}:{secrets.token_urlsafe(32)}",
+    "admin_token": lambda: secrets.token_urlsafe(24),
+    "redis_password": lambda: secrets.token_urlsafe(24),
+    "postgres_password": lambda: secrets.token_urlsafe(24),
+}
+
+
+def stored_credentials(data_dir: str) -> dict[str, str]:
+    """The data folder's credentials, any missing one generated and written first."""
+    path = Path(data_dir) / CREDENTIALS_FILE_NAME
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    missing = {name: make() for name, make in GENERATED_CREDENTIALS.items() if name not in stored}
+    if missing:
+        stored = {**stored, **missing}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # owner-only, written whole then renamed: these are the secrets of this stack, and a
+        # crash must not leave a file without the passwords its servers' data now needs
+        partial = path.with_name(f".{path.name}.partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(stored, file)
+        partial.replace(path)
+    return stored
 
 
 def ensure_credentials(settings: Settings) -> Settings:
     """Fill PROVIDER_KEYS and ADMIN_TOKEN from the data folder, generating them the first time."""
-    path = Path(settings.data_dir) / CREDENTIALS_FILE_NAME
-    if path.exists():
-        stored = json.loads(path.read_text())
-    else:
-        stored = {
-            "provider_keys": f"pk-{secrets.token_hex(8)}:{secrets.token_urlsafe(32)}",
-            "admin_token": secrets.token_urlsafe(24),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written owner-only: these are the secrets of this stack
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(stored, file)
+    stored = stored_credentials(settings.data_dir)
     return settings.replace(
         provider_keys=settings.provider_keys or stored["provider_keys"],
         admin_token=settings.admin_token or stored["admin_token"],
@@ -43,6 +59,11 @@ class EmbeddedStack:
         data_dir = Path(settings.data_dir).absolute()
         self.redis = None
         self.postgres = None
+        credentials = (
+            stored_credentials(settings.data_dir)
+            if not (settings.redis_url and settings.database_url)
+            else {}
+        )
         if not settings.redis_url:
             self.redis = EmbeddedRedis(
                 data_dir / "redis",
@@ -51,12 +72,14 @@ class EmbeddedStack:
                 if settings.redis_server_bin
                 else None,
                 port=previous.port_of("redis_url") if previous else None,
+                password=credentials["redis_password"],
             )
         if not settings.database_url:
             self.postgres = EmbeddedPostgres(
                 data_dir / "postgres",
                 pg_bin_dir=Path(settings.pg_bin_dir) if settings.pg_bin_dir else None,
                 port=previous.port_of("database_url") if previous else None,
+                password=credentials["postgres_password"],
             )
 
     def start(self, settings: Settings) -> Settings:

@@ -43,8 +43,10 @@ async def measure(name: str, call: Call, calls: int, concurrency: int) -> None:
     )
 
 
-async def compare(host: str, port: int, calls: int, concurrency: int) -> None:
-    redis = Redis(host=host, port=port, decode_responses=True)
+async def compare(
+    host: str, port: int, calls: int, concurrency: int, password: str | None = None
+) -> None:
+    redis = Redis(host=host, port=port, password=password, decode_responses=True)
     script: AsyncScript = redis.register_script(SCRIPT)
     await redis.script_load(SCRIPT)
     coalesced = CoalescedScriptCalls(redis)
@@ -60,7 +62,9 @@ async def compare(host: str, port: int, calls: int, concurrency: int) -> None:
     if importlib.util.find_spec("coredis"):
         import coredis
 
-        async with coredis.Redis(host=host, port=port, decode_responses=True) as client:
+        async with coredis.Redis(
+            host=host, port=port, password=password, decode_responses=True
+        ) as client:
 
             async def coredis_call(key: str, value: str) -> Any:
                 return await client.evalsha(script.sha, [key], [value])
@@ -69,9 +73,18 @@ async def compare(host: str, port: int, calls: int, concurrency: int) -> None:
     else:
         print("coredis: not installed (pip install coredis)")
     if importlib.util.find_spec("glide"):
-        from glide import GlideClient, GlideClientConfiguration, NodeAddress, Script
+        from glide import (
+            GlideClient,
+            GlideClientConfiguration,
+            NodeAddress,
+            Script,
+            ServerCredentials,
+        )
 
-        glide = await GlideClient.create(GlideClientConfiguration([NodeAddress(host, port)]))
+        credentials = ServerCredentials(password) if password else None
+        glide = await GlideClient.create(
+            GlideClientConfiguration([NodeAddress(host, port)], credentials=credentials)
+        )
         glide_script = Script(SCRIPT)
 
         async def glide_call(key: str, value: str) -> Any:
@@ -97,7 +110,7 @@ def main() -> None:
     server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="clients-bench-")))
     server.start()
     try:
-        uvloop.run(compare("127.0.0.1", server.port, args.calls, args.concurrency))
+        uvloop.run(compare("127.0.0.1", server.port, args.calls, args.concurrency, server.password))
     finally:
         server.stop()
 

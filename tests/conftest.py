@@ -1,6 +1,7 @@
 """Real servers for the whole session (the embedded Redis of `wallet-gateway up`), clean state
 for every test, and a signed provider client."""
 
+import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -23,13 +24,20 @@ ADMIN_TOKEN = "test-admin-token"
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    yield from running(EmbeddedRedis(tmp_path_factory.mktemp("redis")))
+    """Asks for a password, as `up`'s does (this session's own): every test that reaches it
+    does so through its URL, which carries the password."""
+    yield from running(
+        EmbeddedRedis(tmp_path_factory.mktemp("redis"), password=secrets.token_urlsafe(24))
+    )
 
 
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """Started only by the tests that ask for it (the durable history)."""
-    yield from running(EmbeddedPostgres(tmp_path_factory.mktemp("postgres")))
+    """Started only by the tests that ask for it (the durable history); it asks for a password
+    (this session's own) as `up`'s does."""
+    yield from running(
+        EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), password=secrets.token_urlsafe(24))
+    )
 
 
 @pytest.fixture

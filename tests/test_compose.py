@@ -28,9 +28,11 @@ import orjson
 import pytest
 import yaml
 from helpers import running
+from instances import refusal
 from payloads import bet
 
 from gateway.cli import COMMANDS, TOOLS, build_parser
+from gateway.dev_secrets import DEV_SECRETS, dev_secret_refusal
 from gateway.embedded import LOOPBACK_HOST, EmbeddedPostgres, EmbeddedRedis, free_port
 from gateway.openapi import openapi_document
 from gateway.settings import load_settings
@@ -703,3 +705,84 @@ def test_the_stack_takes_a_bet_into_the_history_from_an_empty_database(
     assert {name: process.returncode for name, process in stack.processes.items()} == dict.fromkeys(
         to_run, 0
     ), stack.logs()
+
+
+# --- development secrets stay on loopback -----------------------------------------------------
+
+PUBLISH_VARIABLES = ("PUBLISH_ADDRESS", "ADMIN_PUBLISH_ADDRESS", "LOCUST_PUBLISH_ADDRESS")
+
+
+def test_the_files_development_secrets_are_the_ones_serve_knows(compose_services):
+    gateway = compose_services["gateway"]["environment"]
+    key_ring = KeyRing.parse(gateway["PROVIDER_KEYS"])
+    defaults = {
+        gateway["ADMIN_TOKEN"],
+        *(key_ring.secret(public) for public in key_ring.public_keys()),
+        compose_services["postgres"]["environment"]["POSTGRES_PASSWORD"],
+    }
+    assert defaults == DEV_SECRETS
+    locust = compose_services["locust-master"]["environment"]
+    assert {locust["ADMIN_TOKEN"], locust["PROVIDER_KEYS"]} <= {
+        gateway["ADMIN_TOKEN"],
+        gateway["PROVIDER_KEYS"],
+    }
+
+
+def test_by_default_every_port_is_published_on_loopback_and_the_gateway_knows(compose_services):
+    published = [port for service in compose_services.values() for port in service.get("ports", [])]
+    assert published and {port["host_ip"] for port in published} == {LOOPBACK_HOST}
+    settings = load_settings(environ=compose_services["gateway"]["environment"])
+    assert dev_secret_refusal(settings) is None
+
+
+def test_dev_stack_names_every_publish_address_and_each_listener_has_its_own(compose_home):
+    """Each publish variable moves only its own ports, and DEV_STACK lists every address a port
+    of the file is published on: a port added with an address of its own must join it."""
+    addresses = {name: f"10.0.0.{n}" for n, name in enumerate(PUBLISH_VARIABLES, start=1)}
+    result = run_compose(
+        "--profile",
+        "monitoring",
+        "config",
+        "--format",
+        "json",
+        home=compose_home,
+        variables=addresses,
+    )
+    assert result.returncode == 0, result.stderr
+    services = orjson.loads(result.stdout)["services"]
+    dev_stack = services["gateway"]["environment"]["DEV_STACK"].split(",")
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port["host_ip"] in dev_stack, port
+    published = {
+        (name, port["target"]): port["host_ip"]
+        for name, service in services.items()
+        for port in service.get("ports", [])
+    }
+    assert published[("gateway", GATEWAY_PORT)] == addresses["PUBLISH_ADDRESS"]
+    assert published[("gateway", ADMIN_PORT)] == addresses["ADMIN_PUBLISH_ADDRESS"]
+    assert published[("locust-master", 8089)] == addresses["LOCUST_PUBLISH_ADDRESS"]
+
+
+@pytest.mark.parametrize("variable", PUBLISH_VARIABLES)
+def test_the_gateway_refuses_the_development_secrets_published_beyond_loopback(
+    compose_home: Path, tmp_path: Path, variable: str
+) -> None:
+    """The gateway service's resolved command and environment, run as the smoke test runs
+    them, with one publish address on every interface and the file's default secrets."""
+    result = run_compose(
+        "config", "--format", "json", home=compose_home, variables={variable: "0.0.0.0"}
+    )
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = orjson.loads(result.stdout)["services"]
+    stack = Stack(services, tmp_path, time.monotonic() + STACK_SECONDS_MAX)
+
+    code, stderr = refusal(service_argv(services["gateway"]), stack.environment("gateway"))
+
+    assert code == 2, stderr
+    assert stderr.count("\n") == 1, stderr
+    assert stderr == (
+        "wallet-gateway: error: ADMIN_TOKEN, PROVIDER_KEYS and DATABASE_URL hold a development"
+        " secret of docker-compose.yml, and the stack is published beyond loopback"
+        " (DEV_STACK: 0.0.0.0): set a secret of your own\n"
+    )
