@@ -170,7 +170,7 @@ class AdminApi:
     async def adjust_balance(self, request: web.Request) -> web.Response:
         body = AdjustmentRequest.parse(decode_object(await request.read()))
         outcome, balance = await self.wallet.adjust_balance(
-            request.match_info["user_id"], body.amount_millis, body.reference
+            request.match_info["user_id"], body.amount_millis, body.reference, body.reason
         )
         self.metrics.observe_outcome(outcome)  # BALANCE_LIMIT is an incident here too
         return respond(outcome, {"balance": balance})

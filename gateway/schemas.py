@@ -422,6 +422,9 @@ class CreatePlayerRequest(Request, frozen=True):
     ] = msgspec.field(name="maxbet", default=None)
 
 
+ADJUSTMENT_REASON_CHARS_MAX = 500
+
+
 class AdjustmentRequest(Request, frozen=True):
     amount_millis: Annotated[
         int,
@@ -439,6 +442,11 @@ class AdjustmentRequest(Request, frozen=True):
             "balance; a refused debit (402) is not stored"
         ),
     ]
+    # kept in the history with the adjustment; not part of what makes a retry the same one
+    reason: Annotated[
+        str,
+        Meta(max_length=ADJUSTMENT_REASON_CHARS_MAX, description="why: kept in the history"),
+    ] = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()

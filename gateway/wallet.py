@@ -329,9 +329,10 @@ class Wallet:
         )
 
     async def adjust_balance(
-        self, user_id: str, amount_millis: int, reference: str
+        self, user_id: str, amount_millis: int, reference: str, reason: str = ""
     ) -> tuple[str, int]:
-        """The cashier: a signed amount, idempotent on `reference`."""
+        """The cashier: a signed amount, idempotent on `reference`; `reason` goes into the
+        history with it."""
         shard = self.keys.shard(user_id)
         outcome, balance = await self.run_script(
             self.scripts.adjust_balance,
@@ -341,7 +342,7 @@ class Wallet:
                 self.keys.events(shard),
                 self.keys.incidents(shard),
             ],
-            (user_id, amount_millis, reference, now_ms()),
+            (user_id, amount_millis, reference, now_ms(), reason),
         )
         return outcome, int(balance)
 

@@ -1,13 +1,14 @@
 -- The cashier's deposit (+) or withdrawal (-), idempotent on its reference for ever: its record
 -- never expires (a cashier's adjustments are few beside bets; ~100 bytes each).
 -- KEYS[1] adjustment record, KEYS[2] player, KEYS[3] event stream, KEYS[4] incidents list.
--- ARGV: 1 user_id, 2 signed amount millis, 3 reference, 4 now_ms.
+-- ARGV: 1 user_id, 2 signed amount millis, 3 reference, 4 now_ms, 5 reason (for the history
+-- only: a retry with another reason is the same adjustment).
 -- Reply: {outcome, balance}. Balances travel as digits: a Lua number is a double, exact only
 -- up to 2^53, which is why balances stay below BALANCE_MILLIS_MAX.
 -- All or nothing, as the money scripts: every check first, then only writes that cannot fail.
 local BALANCE_MILLIS_MAX = 9007199254740991
 local INCIDENTS_KEPT_MAX = 10000
-local user_id, amount_text, reference, now_ms = unpack(ARGV, 1, 4)
+local user_id, amount_text, reference, now_ms, reason = unpack(ARGV, 1, 5)
 local rec = redis.call('HMGET', KEYS[1], 'user', 'amount', 'balance')
 if rec[1] then
   if rec[1] == user_id and rec[2] == amount_text then return {'OK', rec[3]} end
@@ -33,7 +34,7 @@ end
 if refusal then
   redis.call('XADD', KEYS[3], '*', 'kind', 'adjustment_refused', 'user', user_id,
              'amount', amount_text, 'reference', reference, 'balance', balance_text,
-             'outcome', refusal, 'ts', now_ms)
+             'outcome', refusal, 'ts', now_ms, 'reason', reason)
   if refusal == 'BALANCE_LIMIT' then  -- an incident (docs/protocol.md §6), as for a credit
     redis.call('LPUSH', KEYS[4], cjson.encode({
       kind = refusal, provider_tx_id = reference, user_id = user_id, action = 'ADJUSTMENT',
@@ -47,7 +48,7 @@ end
 
 local new_balance = string.format('%d', balance + amount)
 redis.call('XADD', KEYS[3], '*', 'kind', 'adjustment', 'user', user_id, 'amount', amount_text,
-           'reference', reference, 'balance', new_balance, 'ts', now_ms)
+           'reference', reference, 'balance', new_balance, 'ts', now_ms, 'reason', reason)
 redis.call('HSET', KEYS[1], 'user', user_id, 'amount', amount_text, 'balance', new_balance)
 redis.call('HINCRBY', KEYS[2], 'balance', amount)
 return {'OK', new_balance}

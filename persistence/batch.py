@@ -151,8 +151,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO NOTHING
 """
 
 INSERT_ADJUSTMENT = """
-INSERT INTO adjustments (reference, user_id, amount, balance_after, created_at, stream_id)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, reference) DO NOTHING
+INSERT INTO adjustments
+    (reference, user_id, amount, balance_after, created_at, stream_id, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, reference) DO NOTHING
 """
 
 INSERT_SESSION = """
@@ -162,8 +163,8 @@ VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, session_token, opened_at) DO N
 
 INSERT_REFUSED_ADJUSTMENT = """
 INSERT INTO refused_adjustments
-    (reference, user_id, amount, balance, outcome, created_at, stream_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (reference, stream_id) DO NOTHING
+    (reference, user_id, amount, balance, outcome, created_at, stream_id, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (reference, stream_id) DO NOTHING
 """
 
 INSERT_REJECTED = """
@@ -344,6 +345,7 @@ class HistoryBatch:
                     _integer(fields, ADJUSTMENT.balance),
                     _created_at(fields),
                     entry_id,
+                    fields.get(ADJUSTMENT.reason, ""),  # entries from before the field
                 )
             )
         elif kind == ADJUSTMENT_REFUSED_KIND:
@@ -356,6 +358,7 @@ class HistoryBatch:
                     _field(fields, ADJUSTMENT_REFUSED.outcome),
                     _created_at(fields),
                     entry_id,
+                    fields.get(ADJUSTMENT_REFUSED.reason, ""),
                 )
             )
         elif kind == SESSION_KIND:

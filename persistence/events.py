@@ -79,6 +79,7 @@ class AdjustmentEvent(NamedTuple):
     reference: str
     balance: str  # after the adjustment
     ts: str
+    reason: str  # the operator's words; absent from entries written before 005
 
 
 class AdjustmentRefusedEvent(NamedTuple):
@@ -89,6 +90,7 @@ class AdjustmentRefusedEvent(NamedTuple):
     balance: str  # unchanged
     outcome: str
     ts: str
+    reason: str
 
 
 class SessionEvent(NamedTuple):

@@ -69,7 +69,7 @@ SELECT source, opened_at FROM sessions WHERE user_id = $1 ORDER BY opened_at DES
 """
 
 PLAYER_ADJUSTMENTS = """
-SELECT reference, amount, balance_after, created_at FROM adjustments
+SELECT reference, amount, balance_after, created_at, reason FROM adjustments
 WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2
 """
 

@@ -251,6 +251,8 @@ async def test_resolving_needs_a_note_and_an_adjustment_moves_money_once_per_ref
         assert done.status == 303
         assert "outcome=OK" in done.headers["Location"]
     assert await admin.balance("alice") == balance - 1_250
+    await drain()  # the reason is kept with the adjustment, in the history
+    assert await database.fetch("SELECT amount, reason FROM adjustments") == [(-1_250, "fee")]
     assert (await console.get("/console/players/nobody")).status == 404
     wrong = await console.post(
         "/console/players/alice/adjustments", data={**adjustment, "amount": "1.0001"}

@@ -54,8 +54,6 @@ INCIDENTS_SHOWN = 200  # the newest open ones; the kind filter picks among them
 PLAYERS_SHOWN = 50
 TRANSACTIONS_SHOWN = 50
 ROUND_STATUSES = ("mismatch", "pending", "match")
-ADJUSTMENT_REASONS_KEY = "console:adjustment-reasons"  # (user_id, reference) -> reason
-REASON_CHARS_MAX = 500
 
 log = logging.getLogger("gateway.console")
 
@@ -322,16 +320,6 @@ async def player(request: web.Request, adjustment: dict[str, Any] | None = None)
             next_before = None if last is None else f"{last.created_ms}.{last.row_id}"
         sessions = await reports.player_sessions(console.pool, user_id)
         adjustments = await reports.player_adjustments(console.pool, user_id)
-        reasons = (
-            await console.logins.redis.hmget(
-                ADJUSTMENT_REASONS_KEY,
-                [_reason_field(user_id, a["reference"]) for a in adjustments],
-            )
-            if adjustments
-            else []
-        )
-        for item, reason in zip(adjustments, reasons, strict=True):
-            item["reason"] = reason
     if wallet_player is None and transactions is None:
         return page("player.html", request, 404, nav="players", user_id=user_id, player=None)
     return page(
@@ -350,10 +338,6 @@ async def player(request: web.Request, adjustment: dict[str, Any] | None = None)
     )
 
 
-def _reason_field(user_id: str, reference: str) -> str:
-    return f"{user_id}\x1f{reference}"
-
-
 async def adjust(request: web.Request) -> web.Response:
     """First POST: the confirmation page. Second POST (confirmed): the money moves, once per
     reference (the wallet's idempotency), then back to the player's page."""
@@ -364,9 +348,11 @@ async def adjust(request: web.Request) -> web.Response:
     try:
         refuse_unstorable(entered, "the adjustment")
         millis = millis_from_units(entered["amount"])
-        body = AdjustmentRequest.parse({"amount": millis, "reference": entered["reference"]})
-        if not entered["reason"] or len(entered["reason"]) > REASON_CHARS_MAX:
-            raise ValueError(f"give a reason (1 to {REASON_CHARS_MAX} characters)")
+        if not entered["reason"]:
+            raise ValueError("give a reason")
+        body = AdjustmentRequest.parse(
+            {"amount": millis, "reference": entered["reference"], "reason": entered["reason"]}
+        )
     except ValueError as exc:  # InvalidRequest is one
         return await player(request, {**entered, "error": str(exc)})
     wallet_player = await console.wallet.get_player(user_id)
@@ -384,15 +370,10 @@ async def adjust(request: web.Request) -> web.Response:
             amount_text=entered["amount"],
         )
     outcome, balance = await console.wallet.adjust_balance(
-        user_id, body.amount_millis, str(body.reference)
+        user_id, body.amount_millis, str(body.reference), body.reason
     )
     console.metrics.observe_outcome(outcome)
     operator = request[SESSION].operator
-    if outcome == OK:
-        # the wallet's record has no reason: the console keeps it beside, and logs it
-        await console.logins.redis.hsetnx(
-            ADJUSTMENT_REASONS_KEY, _reason_field(user_id, str(body.reference)), entered["reason"]
-        )
     log.info(
         "console: adjustment %s of %s millis for %r by %r: %s, balance %s; reason: %s",
         body.reference, body.amount_millis, user_id, operator, outcome, balance, entered["reason"],
