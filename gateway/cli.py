@@ -174,7 +174,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "bench": (
         "loadtests.bench",
-        "benchmark the whole stack with locust; report, chart and money check",
+        "benchmark the whole stack (wrk and locust); report, CPU per process, money check",
     ),
     "writer": (
         "persistence.writer",
@@ -185,7 +185,7 @@ TOOLS: dict[str, tuple[str, str]] = {
         "rebuild the hot wallet from PostgreSQL into an empty Redis",
     ),
     "call": ("provider.call", "sign and send one callback with the stack's keys; print the answer"),
-    "admin": ("gateway.admin_call", "one call of the admin API with the stack's token"),
+    "admin": ("provider.admin_call", "one call of the admin API with the stack's token"),
     "report": ("persistence.reports", "reports from the history: GGR per day, game and currency"),
 }
 # Commands that use a stack rather than run one: what they are not told, they take from the

@@ -493,6 +493,10 @@ def add_wallet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the wallet's callback base URL" + STACK_NOTE)
     parser.add_argument("--public-key", help="the provider key pair's public key" + STACK_NOTE)
     parser.add_argument("--secret", help="the provider key pair's secret" + STACK_NOTE)
+    add_data_dir_argument(parser)
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         help="the DATA_DIR of the `wallet-gateway up` to take defaults from"

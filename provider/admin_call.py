@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 
 from gateway.recorded_stack import nothing_running_from
+from provider.client import add_admin_arguments, add_data_dir_argument
 
 METHODS = ("get", "post")
 TIMEOUT_SECONDS = 10
@@ -22,17 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", choices=METHODS)
     parser.add_argument("path", help="e.g. /admin/players/player-1")
     parser.add_argument("body", nargs="?", help="the JSON body of a post")
-    parser.add_argument(
-        "--admin-url", help="the admin API's base URL (default: the running `wallet-gateway up`'s)"
-    )
-    parser.add_argument(
-        "--admin-token", help="its bearer token (default: the running `wallet-gateway up`'s)"
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="the DATA_DIR of the `wallet-gateway up` to take defaults from"
-        " (default: $DATA_DIR, else .wallet-gateway)",
-    )
+    add_admin_arguments(parser)
+    add_data_dir_argument(parser)
 
 
 async def call(args: argparse.Namespace) -> int:
