@@ -186,6 +186,10 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "call": ("provider.call", "sign and send one callback with the stack's keys; print the answer"),
     "admin": ("provider.admin_call", "one call of the admin API with the stack's token"),
+    "faults": (
+        "loadtests.faults",
+        "run the fault and attack scenarios against a real stack; write RELIABILITY.md",
+    ),
     "report": ("persistence.reports", "reports from the history: GGR per day, game and currency"),
 }
 # Commands that use a stack rather than run one: what they are not told, they take from the
