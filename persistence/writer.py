@@ -41,7 +41,7 @@ from gateway.backoff import Backoff
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
 from gateway.redis_connection import WRITER_CLIENT_NAME, connect_background_redis
-from gateway.redis_errors import REDIS_UNREACHABLE
+from gateway.redis_errors import REDIS_UNREACHABLE, is_not_now
 from gateway.settings import STORE_SETTINGS, Settings, add_setting_flags, load_settings
 from persistence.batch import (
     EVENT_QUARANTINED,
@@ -534,9 +534,10 @@ class HistoryWriter:
     async def _outlast_redis_failure(
         self, exc: BaseException, backoff: Backoff, stop: asyncio.Event
     ) -> None:
-        """A group lost to a flush is created again on the next pass; an unreachable Redis is
-        waited out with backoff. Any other error is not ours to swallow."""
-        if isinstance(exc, ResponseError):
+        """A group lost to a flush is created again on the next pass; an unreachable Redis, or
+        one that cannot take writes now (READONLY after a failover, LOADING, OOM: XREADGROUP
+        writes), is waited out with backoff. Any other error is not ours to swallow."""
+        if isinstance(exc, ResponseError) and not is_not_now(exc):
             if not is_missing_group(exc):
                 raise exc
             log.warning("consumer group missing (Redis flushed?): creating it again")
@@ -544,7 +545,7 @@ class HistoryWriter:
             return
         delay = backoff.next_seconds()
         if _worth_logging(backoff):
-            log.warning("Redis unreachable (%r); retrying every <= %.1f s", exc, delay)
+            log.warning("Redis unavailable (%r); retrying every <= %.1f s", exc, delay)
         await _pause(stop, delay)
 
     async def _settle_rounds_if_reachable(self) -> None:
