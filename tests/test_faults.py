@@ -97,11 +97,8 @@ def slow_redis(tmp_path_factory: pytest.TempPathFactory) -> ScenarioResult:
     return result
 
 
-# A guarantee the slow-Redis scenario found broken: its strict xfail test below XPASSes, and
-# so fails, once it is fixed, to have its mark removed.
 DEADLINE_GUARANTEE = "every answer within the deadline"
 WRITER_GUARANTEE = "the history writer outlives the faults"
-KNOWN_BROKEN = {DEADLINE_GUARANTEE}
 
 
 def test_slow_and_failing_redis_applies_every_call_once_with_bounded_memory(
@@ -113,14 +110,9 @@ def test_slow_and_failing_redis_applies_every_call_once_with_bounded_memory(
     assert result.money_lost == 0 and result.money_doubled == 0, explain(result)
     assert result.reconcile_agrees, explain(result)
     assert result.measured["gateway RSS growth (peak - start), MiB"] < 100
-    assert set(result.failures) <= KNOWN_BROKEN, explain(result)
+    assert not result.failures, explain(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: during CLIENT PAUSE and DEBUG SLEEP a bet's 503 comes after ~2x "
-    "REDIS_TIMEOUT_MS (1,003-1,011 ms at 500 ms, by the gateway's own histogram too)",
-)
 def test_slow_and_failing_redis_answers_every_attempt_within_the_deadline(
     slow_redis: ScenarioResult,
 ) -> None:

@@ -118,7 +118,8 @@ class FaultStack:
     # --- the gateway ----------------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        env = child_env(self.settings)
+        # the deadline the scenarios hold the answers to is the gateway's own
+        env = child_env(self.settings, REDIS_TIMEOUT_MS=str(self.settings.redis_timeout_ms))
         env.pop(MULTIPROCESS_DIR_ENV, None)  # the serve process makes its own
         return env
 
