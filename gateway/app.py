@@ -99,6 +99,7 @@ def create_gateway_app(services: Services) -> web.Application:
         services.sessions,
         KeyRing.parse(services.settings.provider_keys),
         services.metrics,
+        body_seconds=services.settings.client_timeout_seconds,
     )
     app.add_routes(callbacks.routes())
     return _with_envelope_fallback(app)

@@ -110,8 +110,15 @@ def money_answer(reply: WalletReply, request: BetRequest | WinRequest | Rollback
 
 class Callbacks:
     def __init__(
-        self, wallet: Wallet, sessions: Sessions, key_ring: KeyRing, metrics: Metrics
+        self,
+        wallet: Wallet,
+        sessions: Sessions,
+        key_ring: KeyRing,
+        metrics: Metrics,
+        body_seconds: float = 15.0,
     ) -> None:
+        """`body_seconds`: how long a request's body may take to arrive (a slow sender)."""
+        self.body_seconds = body_seconds
         self.wallet = wallet
         self.sessions = sessions
         self.key_ring = key_ring
@@ -174,9 +181,12 @@ class Callbacks:
         if (request.content_length or 0) > BODY_BYTES_MAX:
             return Answer("BODY_TOO_LARGE")
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.body_seconds):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return Answer("BODY_TOO_LARGE")
+        except TimeoutError:  # a slow sender holds a connection and a task: cut it
+            return Answer("BODY_TIMEOUT")
         headers = request.headers
         refusal = self.key_ring.signature_refusal(
             headers.get("X-Public-Key"), headers.get("X-Signature"), body

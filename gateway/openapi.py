@@ -419,7 +419,7 @@ def _paths() -> dict[str, Any]:
             "Authenticate a session",
             "AuthRequest",
             "AuthData",
-            (400, 401, 404, 413, 503),
+            (400, 401, 404, 408, 413, 503),
             "An unknown session_token with a valid, unused user_token binds the session to "
             "that player. Unknown session: 404; expired or closed: 401.",
         ),
@@ -427,7 +427,7 @@ def _paths() -> dict[str, Any]:
             "Place a bet (BET, FREE_BET)",
             "BetRequest",
             "MoneyData",
-            (400, 401, 402, 404, 409, 413, 503),
+            (400, 401, 402, 404, 409, 408, 413, 503),
             "Idempotent on provider_tx_id: a retry with the same content gets the original "
             "status and body; different content is a 409.",
         ),
@@ -435,7 +435,7 @@ def _paths() -> dict[str, Any]:
             "Settle: WIN, FREE_BET_WIN, ROLL_BACK, CLOSE_ROUND",
             "DepositRequest",
             "DepositData",
-            (400, 401, 404, 409, 413, 503),
+            (400, 401, 404, 409, 408, 413, 503),
             "`action` decides the request's fields. Wins and rollbacks answer MoneyData, "
             "CLOSE_ROUND answers CloseRoundData. Idempotent on provider_tx_id.",
         ),
@@ -443,7 +443,7 @@ def _paths() -> dict[str, Any]:
             "Read a balance",
             "BalanceRequest",
             "BalanceData",
-            (400, 401, 404, 413, 503),
+            (400, 401, 404, 408, 413, 503),
             "Read-only; no idempotency record.",
         ),
         "/admin/players": _admin(

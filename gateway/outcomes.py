@@ -45,6 +45,7 @@ OUTCOMES: dict[str, tuple[int, str]] = {
     "REFERENCE_CONFLICT": (409, "Adjustment reference already used with different content"),
     "INCIDENT_RESOLVED": (409, "Incident already resolved with another note"),
     "BODY_TOO_LARGE": (413, "Request body too large"),
+    "BODY_TIMEOUT": (408, "Request body not received in time"),
     "INTERNAL_ERROR": (500, "Internal error"),
     "PROVIDER_UNAVAILABLE": (502, "Game provider did not answer"),
     "WALLET_UNAVAILABLE": (503, "Wallet temporarily unavailable"),

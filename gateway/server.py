@@ -26,11 +26,18 @@ log = logging.getLogger("gateway.server")
 
 
 async def _start_site(
-    app: web.Application, host: str, port: int, reuse_port: bool = False
+    app: web.Application, host: str, port: int, idle_seconds: float, reuse_port: bool = False
 ) -> web.AppRunner:
     """`reuse_port` only for the workers of one instance: any process of the same user could
-    join a port bound with SO_REUSEPORT and take a share of its connections."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    join a port bound with SO_REUSEPORT and take a share of its connections. `idle_seconds`:
+    aiohttp's keep-alive timeout, which it also arms when a connection opens, so a socket that
+    never completes a request head (idle, or a slowloris) is closed after it too."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        keepalive_timeout=idle_seconds,
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     return runner
@@ -62,6 +69,7 @@ async def serve(
                 create_gateway_app(services),
                 settings.gateway_host,
                 settings.gateway_port,
+                settings.client_timeout_seconds,
                 reuse_port=settings.workers > 1,
             )
         )
@@ -70,7 +78,12 @@ async def serve(
         tasks.append(asyncio.create_task(supervisor.watch(stop)))
     if with_admin:
         runners.append(
-            await _start_site(create_admin_app(services), settings.admin_host, settings.admin_port)
+            await _start_site(
+                create_admin_app(services),
+                settings.admin_host,
+                settings.admin_port,
+                settings.client_timeout_seconds,
+            )
         )
         probes = operations_api(services).probes()
         tasks.append(asyncio.create_task(refresh_gauges(services.metrics, probes, stop)))

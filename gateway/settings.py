@@ -53,6 +53,12 @@ class Settings:
     default_maxbet_millis: int = _setting(
         1_000_000_000, "DEFAULT_MAXBET_MILLIS", "maxbet of a player without a limit of their own"
     )
+    client_timeout_seconds: int = _setting(
+        15,
+        "CLIENT_TIMEOUT_SECONDS",
+        "a connection idle this long (a request's head not received included) is closed, and a"
+        " callback's body not received in it is a 408: slow senders and idle sockets are cut",
+    )
     redis_timeout_ms: int = _setting(
         1000, "REDIS_TIMEOUT_MS", "a Redis call slower than this answers 503 (GP retries)"
     )
@@ -88,6 +94,7 @@ class Settings:
             "shards",
             "record_retention_seconds",
             "session_idle_seconds",
+            "client_timeout_seconds",
             "redis_timeout_ms",
         )
         for name in positive:

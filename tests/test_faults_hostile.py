@@ -2,8 +2,8 @@
 real stack of its own: schemathesis, hypothesis bodies and headers, forged signatures and
 tokens, slow and oversized senders, while honest traffic plays. About 15 s.
 
-The limits the gateway lacks (a slow sender, slowloris, idle connections: none is cut off) are
-measured and reported, not asserted: this test pins what the scenario guarantees.
+Slow senders, a slowloris, never-ending bodies and idle connections are cut by the gateway's
+limits (CLIENT_TIMEOUT_SECONDS, the 64 KiB body limit) while the honest clients are answered.
 """
 
 import asyncio
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.faults.hostile import hostile_input, hostile_scales
+from loadtests.faults.hostile import IDLE_CONNECTIONS, hostile_input, hostile_scales
 from loadtests.faults.report import ScenarioResult
 
 pytestmark = pytest.mark.slow
@@ -54,6 +54,17 @@ def test_hostile_input_moves_nothing_and_hurts_no_honest_client(tmp_path: Path) 
     # the limits the gateway has
     assert set(measured["oversized bodies, status"].values()) == {413}
     assert measured["never-ending chunked body, 1 KiB chunks"].startswith("answered 413")
+    assert measured["slow sender: headers, then 1 body byte per 100 ms"].startswith("answered 408")
+    assert measured["never-ending chunked body, 1-byte chunks every 100 ms"].startswith(
+        "answered 408"
+    )
+    idle = (
+        "slowloris: 1 header byte per 100 ms",
+        "keep-alive connection idle after one answer",
+        f"{IDLE_CONNECTIONS} idle connections",
+    )
+    for label in idle:
+        assert "NOT cut off" not in measured[label], measured[label]
     # the honest clients meanwhile
     assert result.acknowledged > 0
     assert all(

@@ -79,6 +79,8 @@ SOCKET_TIMEOUT_SECONDS = 10.0
 HONEST_ROUNDS_PER_SECOND = 4.0  # "a few bets a second"
 HONEST_SECONDS_MAX = 600.0  # the honest load runs until the hostile phases end (cancelled then)
 HONEST_P99_MS_MAX = 1_000.0  # a busy 2-core machine
+CLIENT_TIMEOUT_SECONDS = 2  # the stack's: slow senders and idle sockets are cut after it
+CUT_MARGIN_SECONDS = 1.5  # a busy 2-core machine, the timer's check
 SLOW_BYTE_SECONDS = 0.1  # a slow sender's pace: one byte per 100 ms
 IDLE_CONNECTIONS = 200
 FRESH_CLIENT_SECONDS = 0.2
@@ -1208,7 +1210,8 @@ async def hostile_input(root: Path, scale: scenarios.Scale) -> list[ScenarioResu
         "call or admin call without the token accepted, and the honest calls answered within "
         f"{HONEST_P99_MS_MAX:.0f} ms (p99) all along.",
     )
-    stack = FaultStack(root / "hostile-input")
+    # the gateway's CLIENT_TIMEOUT_SECONDS, short enough to be seen cutting within the bound
+    stack = FaultStack(root / "hostile-input", client_timeout_seconds=CLIENT_TIMEOUT_SECONDS)
     tally = Tally()
     spans: dict[str, tuple[float, float]] = {}
 
@@ -1303,6 +1306,13 @@ async def hostile_input(root: Path, scale: scenarios.Scale) -> list[ScenarioResu
             )
             for abuse in abuses:
                 result.measured[abuse.label] = abuse.describe_within(limit_bound)
+                # every slow, endless or idle connection is cut (CLIENT_TIMEOUT_SECONDS, or
+                # 413 for a body past 64 KiB), well before the watch ends
+                result.require(
+                    abuse.cut_after_seconds is not None
+                    and abuse.cut_after_seconds < CLIENT_TIMEOUT_SECONDS + CUT_MARGIN_SECONDS,
+                    f"cut off within CLIENT_TIMEOUT_SECONDS: {abuse.label}",
+                )
             await asyncio.sleep(1.0)  # the honest traffic after the abuse
         finally:
             load.cancel()

@@ -46,6 +46,7 @@ class FaultStack:
         workers: int = 1,
         appendfsync: str = "always",
         redis_timeout_ms: int = 1000,
+        client_timeout_seconds: int = 15,
         writer_args: tuple[str, ...] = (),
     ) -> None:
         self.root = root
@@ -65,6 +66,7 @@ class FaultStack:
             gateway_port=free_port(),
             admin_port=free_port(),
             redis_timeout_ms=redis_timeout_ms,
+            client_timeout_seconds=client_timeout_seconds,
             redis_appendfsync=appendfsync,
         )
         self.writer_args = writer_args
@@ -119,7 +121,11 @@ class FaultStack:
 
     def _env(self) -> dict[str, str]:
         # the deadline the scenarios hold the answers to is the gateway's own
-        env = child_env(self.settings, REDIS_TIMEOUT_MS=str(self.settings.redis_timeout_ms))
+        env = child_env(
+            self.settings,
+            REDIS_TIMEOUT_MS=str(self.settings.redis_timeout_ms),
+            CLIENT_TIMEOUT_SECONDS=str(self.settings.client_timeout_seconds),
+        )
         env.pop(MULTIPROCESS_DIR_ENV, None)  # the serve process makes its own
         return env
 
