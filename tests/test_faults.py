@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from loadtests import faults
+from loadtests.faults import SCENARIOS
 from loadtests.faults.report import JSON_NAME, MARKDOWN_NAME, ScenarioResult
-from loadtests.faults.scenarios import SCENARIOS
 from provider.client import CallbackReply, ProviderClient, RetryPolicy
 
 pytestmark = pytest.mark.slow

@@ -25,8 +25,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from loadtests.faults.hostile import hostile_input, hostile_scales
 from loadtests.faults.report import ScenarioResult, SuiteReport, write_report
-from loadtests.faults.scenarios import SCENARIOS, Scale
+from loadtests.faults.scenarios import FAULT_SCENARIOS, Scale, Scenario
+
+# name -> (scenario, full scale, short scale), in the order they run
+SCENARIOS: dict[str, tuple[Scenario, Scale, Scale]] = {
+    **FAULT_SCENARIOS,
+    "hostile-input": (hostile_input, *hostile_scales()),
+}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # RELIABILITY.md belongs at the repository's root; installed elsewhere, the current folder

@@ -18,7 +18,6 @@ import redis
 from gateway.embedded import EmbeddedRedis
 from gateway.redis_connection import connect_background_redis
 from loadtests.faults.checks import MoneyCheck, check_money, run_reconcile
-from loadtests.faults.hostile import hostile_input, hostile_scales
 from loadtests.faults.proxy import FaultyProxy
 from loadtests.faults.report import ScenarioResult
 from loadtests.faults.stack import FaultStack
@@ -615,7 +614,8 @@ def memory_trend(samples: list[tuple[float, dict[str, int]]], process: str) -> s
 
 
 # name -> (the scenario, its full scale, its CI scale), in the order `faults` runs them
-SCENARIOS: dict[str, tuple[Scenario, Scale, Scale]] = {
+# the fault scenarios; loadtests/faults/__init__.py adds hostile input (which imports this)
+FAULT_SCENARIOS: dict[str, tuple[Scenario, Scale, Scale]] = {
     "lost-responses": (
         lost_responses,
         Scale(40, 100_000, 16),
@@ -637,7 +637,6 @@ SCENARIOS: dict[str, tuple[Scenario, Scale, Scale]] = {
         Scale(30, 100_000, 16),
         Scale(12, 20_000, 8, replays=REPLAYS_SHORT),
     ),
-    "hostile-input": (hostile_input, *hostile_scales()),
     "soak": (
         soak,
         Scale(180, 500_000, 16, 60.0),
