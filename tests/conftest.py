@@ -1,6 +1,7 @@
 """Real servers for the whole session (the embedded Redis of `wallet-gateway up`), clean state
 for every test, and a signed provider client."""
 
+import logging
 import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,18 @@ from gateway.signing import signed_headers
 PUBLIC_KEY = "test-public"
 SECRET = "test-secret"
 ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs a command in-process (gateway.cli.main) configures the root logger
+    onto that test's captured stderr, which pytest then closes: every later log line would
+    fail and print a traceback, slow enough to miss a deadline. Put it back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
