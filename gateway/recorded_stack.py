@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from gateway.instance import LOCK_FILE_NAME
 from gateway.settings import Settings
+from gateway.signing import KeyRing
 
 STACK_FILE_NAME = "stack.json"
 
@@ -27,15 +28,12 @@ class RecordedStack:
 
     @property
     def public_key(self) -> str:
-        return self._first_key_pair()[0]
+        """The key ring's first pair: the one the stack's own tools sign with."""
+        return KeyRing.parse(self.provider_keys).public_keys()[0]
 
     @property
     def secret(self) -> str:
-        return self._first_key_pair()[1]
-
-    def _first_key_pair(self) -> tuple[str, str]:
-        public_key, _, secret = self.provider_keys.split(",")[0].partition(":")
-        return public_key.strip(), secret.strip()
+        return KeyRing.parse(self.provider_keys).secret(self.public_key)
 
     def port_of(self, url_field: str) -> int | None:
         return urlsplit(getattr(self, url_field)).port
