@@ -10,10 +10,9 @@ import asyncio
 import sys
 
 import aiohttp
-import orjson
 
 from gateway.recorded_stack import nothing_running_from
-from provider.client import add_admin_arguments, add_data_dir_argument
+from provider.client import add_admin_arguments, add_data_dir_argument, print_answer
 
 METHODS = ("get", "post")
 TIMEOUT_SECONDS = 10
@@ -41,13 +40,7 @@ async def call(args: argparse.Namespace) -> int:
             data=(args.body or "").encode(),
             headers={"Authorization": f"Bearer {args.admin_token}"},
         ) as response:
-            status, body = response.status, await response.read()
-    try:
-        shown = orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
-    except orjson.JSONDecodeError:
-        shown = body.decode(errors="replace")
-    print(f"< {status}\n{shown}")
-    return 0 if 200 <= status < 300 else 1
+            return print_answer(response.status, await response.read())
 
 
 def run(args: argparse.Namespace) -> int:

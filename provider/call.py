@@ -14,14 +14,12 @@ import sys
 from typing import Any
 
 import aiohttp
-import orjson
 
 from provider.client import (
     AUTH_PATH,
     BALANCE_PATH,
     DEPOSIT_PATH,
     WITHDRAW_PATH,
-    CallbackReply,
     CallbackUndelivered,
     OperatorAdmin,
     ProviderClient,
@@ -31,6 +29,7 @@ from provider.client import (
     balance_body,
     bet_body,
     encode,
+    print_answer,
     require_wallet_arguments,
     rollback_body,
     win_body,
@@ -142,13 +141,6 @@ async def callback_body(args: argparse.Namespace) -> bytes:
     return encode(payload)
 
 
-def _shown(reply: CallbackReply) -> str:
-    """The answer as JSON, indented; a body that is not JSON as it came."""
-    if reply.payload is None:
-        return reply.body.decode(errors="replace")
-    return orjson.dumps(reply.payload, option=orjson.OPT_INDENT_2).decode()
-
-
 async def call(args: argparse.Namespace) -> int:
     require_wallet_arguments(args)
     body = await callback_body(args)
@@ -158,8 +150,7 @@ async def call(args: argparse.Namespace) -> int:
         args.url, args.public_key, args.secret, timeout_seconds=args.timeout_seconds
     ) as client:
         reply = await client.post_raw(path, body)
-    print(f"< {reply.status}\n{_shown(reply)}")
-    return 0 if 200 <= reply.status < 300 else 1
+    return print_answer(reply.status, reply.body)
 
 
 def run(args: argparse.Namespace) -> int:

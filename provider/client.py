@@ -120,6 +120,19 @@ def parse_json(body: bytes) -> Any:
         return None
 
 
+def print_answer(status: int, body: bytes) -> int:
+    """`call` and `admin` show an answer so: its status, then its JSON indented (a body that is
+    not JSON as it came). -> the command's exit code: 0 on a 2xx, else 1."""
+    parsed = parse_json(body)
+    shown = (
+        body.decode(errors="replace")
+        if parsed is None
+        else orjson.dumps(parsed, option=orjson.OPT_INDENT_2).decode()
+    )
+    print(f"< {status}\n{shown}")
+    return 0 if 200 <= status < 300 else 1
+
+
 # --- the client ---------------------------------------------------------------------------------
 
 
