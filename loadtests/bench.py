@@ -256,12 +256,19 @@ def running(
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(PROCESS_STOP_SECONDS_MAX)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], seconds_max: float = PROCESS_STOP_SECONDS_MAX
+) -> None:
+    """SIGTERM, then SIGKILL after `seconds_max`."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(seconds_max)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_ready(url: str, port: int, listeners: int, log_path: Path) -> None:

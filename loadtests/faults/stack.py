@@ -22,7 +22,7 @@ from gateway.keys import KeySpace
 from gateway.metrics import MULTIPROCESS_DIR_ENV
 from gateway.settings import Settings
 from gateway.signing import KeyRing
-from loadtests.bench import LOOPBACK, child_env, wait_until_ready
+from loadtests.bench import LOOPBACK, child_env, stop_process, wait_until_ready
 from persistence.schema import migrate
 
 FAULTS_PROVIDER_KEYS = "faults-public:faults-secret"
@@ -105,7 +105,7 @@ class FaultStack:
         """Stop whatever runs, children first; safe after any fault."""
         for process in (self.gateway, self.writer):
             if process is not None:
-                _terminate(process)
+                stop_process(process, STOP_SECONDS_MAX)
         self.kill_orphaned_workers()
         self.gateway = self.writer = None
         self.postgres.stop()
@@ -145,7 +145,7 @@ class FaultStack:
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:
-            _terminate(self.gateway)
+            stop_process(self.gateway, STOP_SECONDS_MAX)
             self.gateway = None
 
     def worker_pids(self) -> list[int]:
@@ -262,15 +262,6 @@ class FaultStack:
         if self.writer is not None:
             sizes["writer"] = _rss(self.writer.pid)
         return sizes
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_SECONDS_MAX)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _children(pid: int) -> list[int]:
