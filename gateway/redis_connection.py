@@ -1,8 +1,16 @@
-"""The gateway's Redis client: redis-py asyncio with hiredis parsing and hiredis packing."""
+"""The gateway's Redis client: redis-py asyncio with hiredis parsing and hiredis packing.
+
+REDIS_URL names one Redis (`redis://`, `rediss://`) or a Redis Cluster:
+`redis+cluster://[user:password@]host:port[,host:port...]` (the hosts are startup nodes; the
+client discovers the rest, follows slot moves and failovers). Every client of ours is made here,
+so the gateway, the writer, reconcile, restore and the bench switch together.
+"""
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -32,10 +40,39 @@ class HiredisPackedConnection(Connection):
         return self._serializer.pack(*args)
 
 
-def connect_background_redis(redis_url: str, **options: Any) -> Redis:
+CLUSTER_SCHEME = "redis+cluster"
+# A client of either kind: the cluster client takes the same commands, routed by key.
+AnyRedis = Redis | RedisCluster
+
+
+def is_cluster_url(redis_url: str) -> bool:
+    return redis_url.startswith(f"{CLUSTER_SCHEME}://")
+
+
+def _from_url(redis_url: str, **options: Any) -> AnyRedis:
+    if not is_cluster_url(redis_url):
+        return Redis.from_url(redis_url, **options)
+    parts = urlsplit(redis_url)
+    hosts = parts.netloc.rpartition("@")[2]
+    startup_nodes = []
+    for host_port in hosts.split(","):
+        host, _, port = host_port.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"REDIS_URL: {CLUSTER_SCHEME}:// wants host:port[,host:port...]")
+        startup_nodes.append(ClusterNode(host, int(port)))
+    # `max_connections` is per node; `retry` also re-reads the slot map between tries.
+    return RedisCluster(
+        startup_nodes=startup_nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **options,
+    )
+
+
+def connect_background_redis(redis_url: str, **options: Any) -> AnyRedis:
     """A client off the request path: decoded replies, a bounded connect; `options` add to
     them (the writer's own reply timeout and name)."""
-    return Redis.from_url(
+    return _from_url(
         redis_url,
         decode_responses=True,
         socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
@@ -50,9 +87,9 @@ async def run_with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
         return await work(redis, settings.database_url, settings, *extra)
 
 
-def connect_redis(settings: Settings) -> Redis:
+def connect_redis(settings: Settings) -> AnyRedis:
     timeout_seconds = settings.redis_timeout_ms / 1000
-    return Redis.from_url(
+    return _from_url(
         settings.redis_url,
         decode_responses=True,
         socket_timeout=timeout_seconds,
