@@ -18,19 +18,29 @@ PENDING_CALLS_MAX calls wait for a batch (past it a call fails at once); a batch
 is not sent again (its scripts may have run; the provider's retry finds out). With
 `wait_replicas`, each batch ends with a WAIT on the connection that ran it, so every answer of
 the batch, replays included, is on that many replicas, or fails (503).
+
+On a Redis Cluster a batch is split by the node that serves each call's slot, and each part goes
+to its node on a connection of that node, all at once. A MOVED reply (the slot moved: the
+script did not run) updates the slot map and is sent once more to the new owner; a node that
+cannot be reached fails its calls (503) and has the slot map read again, so the provider's retry
+reaches the replica promoted in its place. Plain commands (a GET, a PEXPIRE of the money path)
+ride in the same batches as the scripts.
 """
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 BATCH_CALLS_MAX = 256
 FLUSHES_IN_FLIGHT_MAX = 2  # one batch on the wire while Redis runs the other
@@ -50,8 +60,10 @@ class CallsNotConfirmed(RedisConnectionError):
     answered 503."""
 
 
+# (the command, the key that routes it, its script (None: a plain command), its reply, its
+# deadline's timer)
 PendingCall = tuple[
-    AsyncScript, list[str], tuple[Any, ...], asyncio.Future[Any], asyncio.TimerHandle | None
+    tuple[Any, ...], str, AsyncScript | None, asyncio.Future[Any], asyncio.TimerHandle | None
 ]
 
 
@@ -63,7 +75,7 @@ def _expire(reply: asyncio.Future[Any]) -> None:
 class CoalescedScriptCalls:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         observe_batch_seconds: Callable[[float], None] | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 0,
@@ -77,9 +89,21 @@ class CoalescedScriptCalls:
         self._pending: list[PendingCall] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._slot_map_refresh: asyncio.Task[None] | None = None
 
     def call(
         self, script: AsyncScript, keys: list[str], args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
+        """EVALSHA of `script`; routed by its first key (all of a script's keys share a slot)."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self._enqueue(command, keys[0], script)
+
+    def command(self, *command: Any) -> asyncio.Future[Any]:
+        """A plain command of one key, which comes second (`GET key`, `PEXPIRE key ms`)."""
+        return self._enqueue(command, command[1], None)
+
+    def _enqueue(
+        self, command: tuple[Any, ...], routing_key: str, script: AsyncScript | None
     ) -> asyncio.Future[Any]:
         if len(self._pending) >= PENDING_CALLS_MAX:
             raise CallsNotConfirmed(f"{PENDING_CALLS_MAX} calls already wait for Redis")
@@ -89,7 +113,7 @@ class CoalescedScriptCalls:
         if deadline_at is None and self._deadline_seconds:
             deadline_at = loop.time() + self._deadline_seconds
         expiry = None if deadline_at is None else loop.call_at(deadline_at, _expire, reply)
-        self._pending.append((script, keys, args, reply, expiry))
+        self._pending.append((command, routing_key, script, reply, expiry))
         if len(self._flushes) >= FLUSHES_IN_FLIGHT_MAX:
             return reply  # goes with the next batch, once one in flight is done
         if len(self._pending) >= BATCH_CALLS_MAX:
@@ -116,23 +140,31 @@ class CoalescedScriptCalls:
         self._flushes.discard(task)
         self._start_flush()  # what was called meanwhile
 
-    async def _flush(self, batch: list[PendingCall], reload_allowed: bool = True) -> None:
+    async def _flush(self, batch: list[PendingCall], resend_allowed: bool = True) -> None:
+        replies: dict[int, Any] = {}
         try:
-            replies = await self._execute(batch)
-            unloaded = [
-                call
-                for call, result in zip(batch, replies, strict=True)
-                if isinstance(result, NoScriptError)
-            ]
-            if unloaded and reload_allowed:
-                # Redis lost its script cache (restart, SCRIPT FLUSH): load, call once more.
-                for script in {id(call[0]): call[0] for call in unloaded}.values():
-                    script.sha = await self._redis.script_load(script.script)
-                await self._flush(unloaded, reload_allowed=False)
-        except Exception as exc:  # the connection failed: every caller still waiting sees it
-            replies = [exc] * len(batch)
-        for (*_, reply, expiry), result in zip(batch, replies, strict=True):
-            if reply.done() or (isinstance(result, NoScriptError) and reload_allowed):
+            parts = self._parts_by_node(batch)
+        except Exception as exc:  # no slot map (the cluster unreachable): every caller sees it
+            parts, replies = {}, {id(call): exc for call in batch}
+        results = await asyncio.gather(
+            *(self._execute(node, part) for node, part in parts.items()), return_exceptions=True
+        )
+        for part, result in zip(parts.values(), results, strict=True):
+            # a part whose connection failed: each of its callers still waiting sees it
+            part_replies = [result] * len(part) if isinstance(result, BaseException) else result
+            replies.update(zip(map(id, part), part_replies, strict=True))
+        resend = [call for call in batch if _to_resend(replies[id(call)])]
+        if resend and resend_allowed:
+            try:
+                await self._prepare_resend(resend, [replies[id(call)] for call in resend])
+            except Exception as exc:  # every caller still waiting sees it
+                replies.update((id(call), exc) for call in resend)
+            else:
+                await self._flush(resend, resend_allowed=False)
+        for call in batch:
+            _, _, _, reply, expiry = call
+            result = replies[id(call)]
+            if reply.done() or (_to_resend(result) and resend_allowed):
                 continue
             if expiry is not None:
                 expiry.cancel()
@@ -141,15 +173,47 @@ class CoalescedScriptCalls:
             else:
                 reply.set_result(result)
 
-    async def _execute(self, batch: list[PendingCall]) -> list[Any]:
-        """One reply per call, in order; a script's error reply is returned, not raised."""
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, *_ in batch
-        ]
+    def _parts_by_node(self, batch: list[PendingCall]) -> dict[Hashable, list[PendingCall]]:
+        """The batch split by the node that serves each call's slot (one Redis: one part)."""
+        if not isinstance(self._redis, RedisCluster):
+            return {None: batch}
+        slot_map = self._redis.nodes_manager
+        parts: dict[Hashable, list[PendingCall]] = {}
+        for call in batch:
+            node = slot_map.get_node_from_slot(key_slot(call[1].encode()))
+            parts.setdefault(node, []).append(call)
+        return parts
+
+    async def _prepare_resend(self, calls: list[PendingCall], replies: list[Any]) -> None:
+        """Before calls are sent once more: Redis lost its script cache (restart, SCRIPT
+        FLUSH, a promoted replica): load the scripts; a slot moved: follow it."""
+        for (_, _, script, *_), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError) and script is not None:
+                script.sha = await self._redis.script_load(script.script)
+            elif isinstance(reply, MovedError) and isinstance(self._redis, RedisCluster):
+                await self._redis.nodes_manager.move_slot(reply)
+
+    def _refresh_slot_map(self) -> None:
+        """A node failed: read the slot map again in the background (one read at a time), so
+        the calls after it reach whoever serves its slots now (a promoted replica)."""
+        if not isinstance(self._redis, RedisCluster):
+            return
+        if self._slot_map_refresh is None or self._slot_map_refresh.done():
+            self._slot_map_refresh = asyncio.create_task(self._redis.nodes_manager.initialize())
+            self._slot_map_refresh.add_done_callback(_ignore_result)
+
+    async def _execute(self, node: ClusterNode | None, batch: list[PendingCall]) -> list[Any]:
+        """One reply per call, in order; an error reply is returned, not raised. `node`: the
+        cluster node serving these calls' slots, None for one Redis."""
+        commands: list[tuple[Any, ...]] = [call[0] for call in batch]
         if self._wait_replicas:
             commands.append(("WAIT", self._wait_replicas, self._wait_timeout_ms))
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()
+        if node is None:
+            pool = self._redis.connection_pool
+            connection = await pool.get_connection()
+            release: Callable[[Any], Any] = pool.release
+        else:
+            connection, release = node.acquire_connection(), node.release
         started = time.perf_counter()
         try:
             try:
@@ -160,11 +224,15 @@ class CoalescedScriptCalls:
                 # a timeout: those scripts may still be running; the provider retries.
                 await connection.disconnect()
                 replies = await _send_and_read(connection, commands)
-        except BaseException:
+        except BaseException as exc:
             await connection.disconnect()  # replies may still be on the way: never reuse it
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                self._refresh_slot_map()
             raise
         finally:
-            await pool.release(connection)
+            released = release(connection)  # the pool's is a coroutine, a node's is not
+            if released is not None:
+                await released
             if self._observe_batch_seconds:
                 self._observe_batch_seconds(time.perf_counter() - started)
         if self._wait_replicas:
@@ -175,6 +243,19 @@ class CoalescedScriptCalls:
                 )
                 return [error] * len(batch)
         return replies
+
+
+def _to_resend(reply: Any) -> bool:
+    """A reply that says the call did not run, and where it would: a script Redis does not hold
+    (NOSCRIPT), a slot served elsewhere now (MOVED; not ASK, a slot half-migrated: 503)."""
+    return isinstance(reply, NoScriptError | MovedError)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    """A failed slot-map read is retried by the next failure; retrieve it so asyncio does not
+    log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _send_and_read(

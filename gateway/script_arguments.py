@@ -18,11 +18,9 @@ Layout = Callable[..., tuple[Any, ...]]
 def money_common_keys(
     *,
     record: str,  # the idempotency record
-    tx_owner: str,  # the tx id's owner
     events: str,  # the shard's event stream
-    seen_filter: str,  # of the tx id's shard
 ) -> tuple[str, ...]:
-    return (record, tx_owner, events, seen_filter)
+    return (record, events)
 
 
 def money_common_arguments(
@@ -40,12 +38,11 @@ def money_common_arguments(
     operator_tx_id: str,
     retention_ms: int,
     request_body: bytes,
-    tx_offsets: str,  # the tx id's four bit offsets in the seen-id filter, "a b c d"
-    history_checked: str,  # '1' once the history brought back what it holds of these ids
+    round_closed_by: str,  # the CLOSE_ROUND that closed the call's round, read just before; ''
 ) -> tuple[str | int | bytes, ...]:
     return (
         provider_tx_id, user_id, action, amount, currency, round_id, game, ref_id, fingerprint,
-        now_ms, operator_tx_id, retention_ms, request_body, tx_offsets, history_checked,
+        now_ms, operator_tx_id, retention_ms, request_body, round_closed_by,
     )  # fmt: skip
 
 
@@ -57,13 +54,8 @@ def withdraw_keys(
     tombstone: str,  # of this tx id, left by a rollback that overtook it
     early_win: str,  # of this tx id, left by a win that overtook it
     incidents: str,
-    round_closed: str,  # of the call's round (in the round's shard)
-    session_index: str,  # session token -> user_id (in the token's shard), refreshed with it
 ) -> tuple[str, ...]:
-    return (
-        player, session, live_session, tombstone, early_win, incidents, round_closed,
-        session_index,
-    )  # fmt: skip
+    return (player, session, live_session, tombstone, early_win, incidents)
 
 
 def withdraw_arguments(
@@ -80,26 +72,19 @@ def settle_keys(
     *,
     player: str,
     bet_record: str,
-    bet_owner: str,
     incidents: str,
     tombstone: str,  # of the bet
     early_win: str,  # of the bet
-    bet_seen_filter: str,  # of the bet id's shard
-    round_closed: str,  # of the call's round (in the round's shard)
 ) -> tuple[str, ...]:
-    """credit.lua and rollback.lua: the player, everything of the referenced bet, and whether
-    the call's round is closed."""
-    return (
-        player, bet_record, bet_owner, incidents, tombstone, early_win, bet_seen_filter,
-        round_closed,
-    )  # fmt: skip
+    """credit.lua and rollback.lua: the player and what of the referenced bet is in its slot."""
+    return (player, bet_record, incidents, tombstone, early_win)
 
 
 def settle_arguments(
     *,
-    bet_offsets: str,  # the bet id's offsets in the seen-id filter of its shard
+    bet_owner: str,  # whom lua/claim.lua found owning the bet's id ('' if nobody)
 ) -> tuple[str, ...]:
-    return (bet_offsets,)
+    return (bet_owner,)
 
 
 def close_round_keys(*, round_closed: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from gateway.script_arguments import MONEY_SCRIPT_LAYOUTS
 
 MONEY_SCRIPTS = tuple(MONEY_SCRIPT_LAYOUTS)
 PLAIN_SCRIPTS = (
+    "claim",
     "authenticate",
     "open_session",
     "redeem_user_token",
@@ -34,6 +35,7 @@ class Scripts:
     credit: AsyncScript
     rollback: AsyncScript
     close_round: AsyncScript
+    claim: AsyncScript
     authenticate: AsyncScript
     open_session: AsyncScript
     redeem_user_token: AsyncScript

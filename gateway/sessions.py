@@ -50,10 +50,20 @@ class Sessions:
                 self.keys.session(shard, session_token),
                 self.keys.live_session(shard, user_id),
                 self.keys.events(shard),
-                self.keys.session_index(self.keys.shard(session_token), session_token),
             ],
             (session_token, user_id, now_ms(), self.wallet.session_ttl_ms, source),
         )
+        if outcome == OK:
+            # The index is in the token's slot, so it is written after the session: a crash in
+            # between leaves a session /auth cannot find by its token until the provider's
+            # retry with the user token reopens it, which writes the index again.
+            await self.wallet.run_command(
+                "SET",
+                self.keys.session_index(self.keys.shard(session_token), session_token),
+                user_id,
+                "PX",
+                self.wallet.session_ttl_ms,
+            )
         return outcome
 
     async def authenticate(self, request: AuthRequest) -> tuple[str, dict[str, Any] | None]:
@@ -79,7 +89,6 @@ class Sessions:
                 keys.player(shard, user_id),
                 keys.session(shard, request.session_token),
                 keys.live_session(shard, user_id),
-                index,
             ],
             (
                 request.session_token,
@@ -87,6 +96,8 @@ class Sessions:
                 self.wallet.session_idle_ms,
                 self.wallet.session_ttl_ms,
             ),
+            # the index lives as long as the session, or a long session would lose /auth
+            ("PEXPIRE", index, self.wallet.session_ttl_ms),
         )
         if outcome != OK:
             return outcome, None

@@ -16,7 +16,7 @@ from redis.exceptions import BusyLoadingError, ResponseError
 
 from gateway.clock import now_ms
 from gateway.coalesced_scripts import CoalescedScriptCalls
-from gateway.keys import KeySpace
+from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable, is_not_now
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.script_arguments import (
@@ -60,9 +60,7 @@ class WalletReply:
     @classmethod
     def from_script(cls, reply: list[Any]) -> "WalletReply":
         outcome, balance, operator_tx_id, currency, replayed, *incident = reply
-        return cls(
-            outcome, int(balance), operator_tx_id, currency, replayed == 1, *incident[:1]
-        )
+        return cls(outcome, int(balance), operator_tx_id, currency, replayed == 1, *incident[:1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,60 +129,119 @@ class Wallet:
         keys: list[str],
         request: BetRequest | WinRequest | RollbackRequest | CloseRoundRequest,
         body: bytes,
-        own_arguments: tuple[Any, ...],
+        own_arguments: Callable[[str], tuple[Any, ...]],
         *,
+        owner_id: str,
         user_id: str,
         amount_millis: int | None,
         currency: str | None,
         bet_tx_id: str | None = None,
+        round_closed_key: str | None = None,
+        also: tuple[tuple[Any, ...], ...] = (),
     ) -> WalletReply:
-        """One money script; when it asks (LOOKUP_HISTORY), the history's records of these ids
-        are brought back and it runs once more. Each script call has its deadline; the history's
-        lookup too (persistence/records.py)."""
-        script = getattr(self.scripts, script_name)
+        """A money call in two steps (docs/design.md, "A money call in two steps"): claim its tx
+        id (and the bet it names) in the ids' own slots, then its script in its player's slot.
+        `own_arguments(bet_owner)`: the script's own ARGV, given whom the claim found owning the
+        named bet. `also`: plain commands sent with the script (a session index's refresh)."""
         tx_id = request.provider_tx_id
-
-        # computed once: a second run after LOOKUP_HISTORY is the same call
-        fingerprint = request.fingerprint()
-        called_ms = str(now_ms())
-        operator_tx_id = self._operator_tx_ids.next()
-        tx_offsets = filter_offsets(tx_id, self.settings.idempotency_filter_bits)
-
-        def arguments(history_checked: str) -> tuple[Any, ...]:
-            common = money_common_arguments(
-                provider_tx_id=tx_id,
-                user_id=user_id,
-                action=request.action,
-                amount="" if amount_millis is None else str(amount_millis),
-                currency=currency or "",
-                round_id=request.round_id,
-                game=request.game,
-                ref_id=bet_tx_id or "",
-                fingerprint=fingerprint,
-                now_ms=called_ms,
-                operator_tx_id=operator_tx_id,
-                retention_ms=self._retention_ms,
-                request_body=body,
-                tx_offsets=tx_offsets,
-                history_checked=history_checked,
-            )
-            return (*common, *own_arguments)
-
-        reply = WalletReply.from_script(await self.run_script(script, keys, arguments("")))
-        if reply.outcome == LOOKUP_HISTORY:
-            if self.history is None:
-                raise WalletUnavailable("a record left Redis and there is no history")
-            await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-            reply = WalletReply.from_script(await self.run_script(script, keys, arguments("1")))
-        assert reply.outcome != LOOKUP_HISTORY, "a script asked for the history twice"
+        tx_owner, bet_owner, closed_by = await self._claim(
+            tx_id, owner_id, bet_tx_id, user_id, round_closed_key
+        )
+        if tx_owner not in ("", owner_id):
+            return WalletReply("TX_CONFLICT", 0, "", "", False)
+        common = money_common_arguments(
+            provider_tx_id=tx_id,
+            user_id=user_id,
+            action=request.action,
+            amount="" if amount_millis is None else str(amount_millis),
+            currency=currency or "",
+            round_id=request.round_id,
+            game=request.game,
+            ref_id=bet_tx_id or "",
+            fingerprint=request.fingerprint(),
+            now_ms=str(now_ms()),
+            operator_tx_id=self._operator_tx_ids.next(),
+            retention_ms=self._retention_ms,
+            request_body=body,
+            round_closed_by=closed_by or "",
+        )
+        script = getattr(self.scripts, script_name)
+        reply = WalletReply.from_script(
+            await self.run_script(script, keys, (*common, *own_arguments(bet_owner)), *also)
+        )
         # answered as usual, so the callback's outcome does not count it
         if reply.incident and self._observe_incident is not None:
             self._observe_incident(reply.incident)
         return reply
 
-    async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
+    async def _claim(
+        self,
+        tx_id: str,
+        owner_id: str,
+        bet_tx_id: str | None,
+        user_id: str,
+        round_closed_key: str | None,
+    ) -> tuple[str, str, str | None]:
+        """lua/claim.lua of the tx id (for `owner_id`) and of the named bet (for `user_id`),
+        with the round's close marker read, all at once: whom each id was
+        owned by before ('' = nobody, now claimed), and the close's tx id or None. When a
+        claim asks (LOOKUP_HISTORY), the history's records of these ids are brought back and
+        the claims run once more."""
+        calls = self._script_calls
+        for history_checked in ("", "1"):
+            pending = [self._claim_call(tx_id, owner_id, history_checked)]
+            if bet_tx_id:
+                pending.append(self._claim_call(bet_tx_id, user_id, history_checked))
+            if round_closed_key:
+                pending.append(calls.command("GET", round_closed_key))
+            replies = await self._replies(pending)
+            claims = replies[: 2 if bet_tx_id else 1]
+            if all(status != LOOKUP_HISTORY for status, _ in claims):
+                bet_owner = claims[1][1] if bet_tx_id else ""
+                closed_by = replies[len(claims)] if round_closed_key else None
+                return claims[0][1], bet_owner, closed_by
+            if history_checked:
+                raise AssertionError("a claim asked for the history twice")
+            if self.history is None:
+                raise WalletUnavailable("a record left Redis and there is no history")
+            await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
+        raise AssertionError("unreachable")
+
+    def _claim_call(self, tx_id: str, owner_id: str, history_checked: str) -> Any:
+        keys = self.keys
+        shard = keys.shard(tx_id)
+        return self._script_calls.call(
+            self.scripts.claim,
+            [keys.tx_owner(shard, tx_id), keys.seen_filter(shard)],
+            (
+                owner_id,
+                filter_offsets(tx_id, self.settings.idempotency_filter_bits),
+                self._retention_ms,
+                history_checked,
+            ),
+        )
+
+    async def run_script(
+        self, script: Any, keys: list[str], args: tuple[Any, ...], *also: tuple[Any, ...]
+    ) -> Any:
+        """The script's reply; `also`: plain commands sent with it (keys of other slots)."""
+        calls = self._script_calls
+        pending = [calls.call(script, keys, args), *(calls.command(*c) for c in also)]
+        return (await self._replies(pending))[0]
+
+    async def run_command(self, *command: Any) -> Any:
+        """A plain command of one key (its second word), on the money path's deadline."""
+        return (await self._replies([self._script_calls.command(*command)]))[0]
+
+    async def _replies(self, pending: list[Any]) -> list[Any]:
+        """The replies of calls made together; the first failure raised (503 when Redis
+        cannot answer now)."""
         try:
-            return await self._script_calls.call(script, keys, args)
+            replies = await asyncio.gather(*pending, return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return replies
         except REDIS_UNREACHABLE as exc:
             raise WalletUnavailable(str(exc)) from exc
         except ResponseError as exc:
@@ -193,18 +250,23 @@ class Wallet:
             raise
 
     def _common_keys(self, shard: int, provider_tx_id: str) -> tuple[str, ...]:
-        keys = self.keys
-        tx_shard = keys.shard(provider_tx_id)
         return money_common_keys(
-            record=keys.tx(shard, provider_tx_id),
-            tx_owner=keys.tx_owner(tx_shard, provider_tx_id),
-            events=keys.events(shard),
-            seen_filter=keys.seen_filter(tx_shard),
+            record=self.keys.tx(shard, provider_tx_id), events=self.keys.events(shard)
         )
+
+    def _round_closed_key(self, round_id: str) -> str:
+        return self.keys.round_closed(self.keys.shard(round_id), round_id)
 
     async def debit_bet(self, request: BetRequest, body: bytes) -> WalletReply:
         keys = self.keys
         shard = keys.shard(request.user_id)
+        own_arguments = withdraw_arguments(
+            session_token=request.session_token,
+            session_idle_ms=self.session_idle_ms,
+            default_maxbet_millis=self.settings.default_maxbet_millis,
+            session_ttl_ms=self.session_ttl_ms,
+        )
+        session_index = keys.session_index(keys.shard(request.session_token), request.session_token)
         return await self._call_money_script(
             "withdraw",
             [
@@ -216,32 +278,27 @@ class Wallet:
                     tombstone=keys.tombstone(shard, request.provider_tx_id),
                     early_win=keys.early_win(shard, request.provider_tx_id),
                     incidents=keys.incidents(shard),
-                    round_closed=keys.round_closed(keys.shard(request.round_id), request.round_id),
-                    session_index=keys.session_index(
-                        keys.shard(request.session_token), request.session_token
-                    ),
                 ),
             ],
             request,
             body,
-            withdraw_arguments(
-                session_token=request.session_token,
-                session_idle_ms=self.session_idle_ms,
-                default_maxbet_millis=self.settings.default_maxbet_millis,
-                session_ttl_ms=self.session_ttl_ms,
-            ),
+            lambda _: own_arguments,
+            owner_id=request.user_id,
             user_id=request.user_id,
             amount_millis=request.amount_millis,
             currency=request.currency,
+            round_closed_key=self._round_closed_key(request.round_id),
+            # the index (in the token's slot) lives as long as the session it names, or a long
+            # session would lose /auth; on a session that is not live it changes nothing
+            also=(("PEXPIRE", session_index, self.session_ttl_ms),),
         )
 
     async def settle_bet(self, request: WinRequest | RollbackRequest, body: bytes) -> WalletReply:
         """WIN / FREE_BET_WIN (credit.lua) or ROLL_BACK (rollback.lua) of a bet: both read the
-        bet's record, owner, tombstone and early-win marker."""
+        bet's record, tombstone and early-win marker, and whom its id belongs to."""
         keys = self.keys
         shard = keys.shard(request.user_id)
         bet_tx_id = request.bet_tx_id or ""
-        filter_bits = self.settings.idempotency_filter_bits
         return await self._call_money_script(
             "rollback" if isinstance(request, RollbackRequest) else "credit",
             [
@@ -249,27 +306,28 @@ class Wallet:
                 *settle_keys(
                     player=keys.player(shard, request.user_id),
                     bet_record=keys.tx(shard, bet_tx_id),
-                    bet_owner=keys.tx_owner(keys.shard(bet_tx_id), bet_tx_id),
                     incidents=keys.incidents(shard),
                     tombstone=keys.tombstone(shard, bet_tx_id),
                     early_win=keys.early_win(shard, bet_tx_id),
-                    bet_seen_filter=keys.seen_filter(keys.shard(bet_tx_id)),
-                    round_closed=keys.round_closed(keys.shard(request.round_id), request.round_id),
                 ),
             ],
             request,
             body,
-            settle_arguments(
-                bet_offsets=filter_offsets(bet_tx_id, filter_bits) if bet_tx_id else ""
-            ),
+            lambda bet_owner: settle_arguments(bet_owner=bet_owner),
+            owner_id=request.user_id,
             user_id=request.user_id,
             amount_millis=request.amount_millis,
             currency=request.currency,
             bet_tx_id=request.bet_tx_id,
+            round_closed_key=self._round_closed_key(request.round_id),
         )
 
     async def close_round(self, request: CloseRoundRequest, body: bytes) -> WalletReply:
         shard = self.keys.shard(request.round_id)
+        own_arguments = close_round_arguments(
+            stakes=orjson.dumps(request.stakes_millis).decode(),
+            coefficients=orjson.dumps(request.cash_out_coefficients).decode(),
+        )
         return await self._call_money_script(
             "close_round",
             [
@@ -278,10 +336,8 @@ class Wallet:
             ],
             request,
             body,
-            close_round_arguments(
-                stakes=orjson.dumps(request.stakes_millis).decode(),
-                coefficients=orjson.dumps(request.cash_out_coefficients).decode(),
-            ),
+            lambda _: own_arguments,
+            owner_id=CLOSE_ROUND_OWNER_PREFIX + request.round_id,
             user_id="",
             amount_millis=0,
             currency=None,

@@ -13,8 +13,9 @@ measured each row:
 3. new bets at half of the median maximum rate, and the empty handler at that rate, by locust
    at a fixed rate: the latency an operator will see, and what locust itself adds;
 4. new bets by wrk for each further gateway process count (`--workers 1,2`);
-5. Redis's own ceiling for the withdraw script: the gateway's own EVALSHA calls (recorded by
-   loadtests/wrk_bodies.py), sent straight to Redis on pipelined connections;
+5. Redis's own ceiling for new bets: each bet's Redis commands as the gateway sends them (its
+   claim, its round's close read, the withdraw script, the session index's refresh; recorded
+   by loadtests/wrk_bodies.py), sent straight to Redis on pipelined connections;
 and for every phase the CPU seconds each process used (gateway or empty handler, Redis, writer,
 PostgreSQL, load tool; loadtests/process_cpu.py), per 1,000 requests. Then it waits for the
 history writer, runs reconcile, checks the money, and writes `report.json`, `report.md` and
@@ -54,7 +55,7 @@ from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack
 from loadtests.process_cpu import CpuMeter, reap
-from loadtests.wrk_bodies import NewBets, new_players, withdraw_calls
+from loadtests.wrk_bodies import NewBets, bet_commands, new_players
 from persistence.reconcile import reconcile
 from persistence.schema import migrate
 from persistence.streams import WriterLag, read_lag
@@ -103,9 +104,9 @@ SCRIPT_OK = b"OK"
 REDIS_COMMAND_SHARE_MIN = 0.01  # the Redis commands table leaves out the smaller ones
 
 EMPTY_HANDLER, GATEWAY, REDIS = "empty handler", "gateway", "Redis"
-WRK, LOCUST, PIPELINED_EVALSHA = "wrk", "locust", "pipelined EVALSHA"
+WRK, LOCUST, PIPELINED_COMMANDS = "wrk", "locust", "pipelined commands"
 WRK_LOAD = "pre-signed new bets"  # loadtests/wrk_bets.lua
-WITHDRAW_LOAD = "withdraw script calls"
+WITHDRAW_LOAD = "new bets' Redis commands"
 # the CPU table's rows: the server (gateway or empty handler), the stack, the load tool
 SERVER, WRITER, POSTGRES, LOAD_TOOL = "server", "writer", "PostgreSQL", "load tool"
 CPU_ROWS = (SERVER, REDIS, WRITER, POSTGRES, LOAD_TOOL)
@@ -114,7 +115,7 @@ CPU_ROWS = (SERVER, REDIS, WRITER, POSTGRES, LOAD_TOOL)
 @dataclass
 class PhaseResult:
     name: str
-    tool: str  # WRK, LOCUST or PIPELINED_EVALSHA
+    tool: str  # WRK, LOCUST or PIPELINED_COMMANDS
     load: str  # what was sent: a locust class, WRK_LOAD or WITHDRAW_LOAD
     server: str  # EMPTY_HANDLER, GATEWAY or REDIS
     workers: int
@@ -516,39 +517,46 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 # --- Redis's own ceiling --------------------------------------------------------------------
 
 
-def packed_withdraw_calls(bets: NewBets, count: int, settings: Settings) -> list[bytes]:
-    """`count` new bets as the gateway's own EVALSHA commands of the withdraw script, packed;
-    the script is loaded into Redis here (the sources may have changed since the gateway
-    started)."""
+def packed_bets(bets: NewBets, count: int, settings: Settings) -> tuple[list[bytes], int, int]:
+    """`count` new bets as the gateway's own Redis commands, each bet's packed together; the
+    scripts are loaded into Redis here (the sources may have changed since the gateway
+    started). -> (the bets, replies per bet, which reply is the money script's)."""
     packer = redis.Connection()  # packs only; never connects
-    calls = asyncio.run(withdraw_calls(bets.bodies(count), settings))
+    per_bet = asyncio.run(bet_commands(bets.bodies(count), settings))
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        for source in {script.script for script, _, _ in calls}:
+        for source in {script.script for bet in per_bet for script, _ in bet if script}:
             client.script_load(source)
     finally:
         client.close()
-    return [
-        b"".join(packer.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
-        for script, keys, args in calls
+    # the claim's script comes first, the money script after it
+    money_reply = max(n for n, (script, _) in enumerate(per_bet[0]) if script)
+    packed = [
+        b"".join(b"".join(packer.pack_command(*command)) for _, command in bet) for bet in per_bet
     ]
+    return packed, len(per_bet[0]), money_reply
 
 
-def send_pipelined(redis_url: str, commands: list[bytes]) -> Counter[str]:
-    """Send `commands` on one connection, REDIS_PIPELINE_DEPTH at a time. -> the answers other
-    than OK, by outcome."""
+def send_pipelined(
+    redis_url: str, bets: list[bytes], replies: int, money_reply: int
+) -> Counter[str]:
+    """Send `bets` on one connection, REDIS_PIPELINE_DEPTH at a time; each has `replies`
+    replies, of which the `money_reply`th is its script's. -> the outcomes other than OK."""
     failures: Counter[str] = Counter()
     client = redis.Redis.from_url(redis_url)
     connection = client.connection_pool.get_connection()
     try:
-        for start in range(0, len(commands), REDIS_PIPELINE_DEPTH):
-            batch = commands[start : start + REDIS_PIPELINE_DEPTH]
+        for start in range(0, len(bets), REDIS_PIPELINE_DEPTH):
+            batch = bets[start : start + REDIS_PIPELINE_DEPTH]
             connection.send_packed_command([b"".join(batch)])
-            for _ in batch:
-                try:
-                    outcome = connection.read_response()[0]
-                except redis.ResponseError as exc:
-                    outcome = type(exc).__name__.encode()
+            for _ in range(len(batch)):
+                answers = []
+                for _ in range(replies):
+                    try:
+                        answers.append(connection.read_response())
+                    except redis.ResponseError as exc:
+                        answers.append([type(exc).__name__.encode()])
+                outcome = answers[money_reply][0]
                 if outcome != SCRIPT_OK:
                     failures[f"outcome {outcome.decode()}"] += 1
     finally:
@@ -557,19 +565,27 @@ def send_pipelined(redis_url: str, commands: list[bytes]) -> Counter[str]:
     return failures
 
 
-def run_redis_ceiling(phase: PhaseResult, redis_url: str, commands: list[bytes]) -> float:
-    """The commands over `phase.users` connections, each a thread of this process, flat out.
-    -> the CPU seconds this process used meanwhile (the load tool's)."""
-    shares = [commands[n :: phase.users] for n in range(phase.users)]
+def run_redis_ceiling(
+    phase: PhaseResult, redis_url: str, bets: tuple[list[bytes], int, int]
+) -> float:
+    """The bets' commands over `phase.users` connections, each a thread of this process, flat
+    out. -> the CPU seconds this process used meanwhile (the load tool's)."""
+    packed, replies, money_reply = bets
+    shares = [packed[n :: phase.users] for n in range(phase.users)]
     cpu_started, started = time.process_time(), time.monotonic()
     with ThreadPoolExecutor(phase.users) as senders:
-        failures = sum(senders.map(send_pipelined, [redis_url] * len(shares), shares), Counter())
+        failures = sum(
+            senders.map(
+                lambda share: send_pipelined(redis_url, share, replies, money_reply), shares
+            ),
+            Counter(),
+        )
     elapsed = time.monotonic() - started
     phase.endpoints = {
         "Aggregated": {
-            "requests": len(commands),
+            "requests": len(packed),
             "failures": failures.total(),
-            "rps": len(commands) / elapsed,
+            "rps": len(packed) / elapsed,
         }
     }
     phase.failures = dict(failures)
@@ -787,15 +803,15 @@ class Bench:
         )
 
     def redis_ceiling(self) -> None:
-        """The withdraw script straight to Redis, as many calls as Redis may do in the phase's
-        time at REDIS_HEADROOM times the best new-bet rate."""
+        """New bets' commands straight to Redis, as many as Redis may do in the phase's time
+        at REDIS_HEADROOM times the best new-bet rate."""
         best = max(p.total["rps"] for p in self.report.phases if p.server == GATEWAY)
         count = min(REDIS_CALLS_MAX, math.ceil(best * REDIS_HEADROOM * self.args.duration_seconds))
-        print(f"[bench] preparing {count} withdraw script calls", flush=True)
-        commands = packed_withdraw_calls(self.bets, count, self.settings)
+        print(f"[bench] preparing {count} new bets' Redis commands", flush=True)
+        commands = packed_bets(self.bets, count, self.settings)
         phase = PhaseResult(
-            "redis-withdraw-script",
-            PIPELINED_EVALSHA,
+            "redis-new-bets",
+            PIPELINED_COMMANDS,
             WITHDRAW_LOAD,
             REDIS,
             0,
@@ -947,7 +963,7 @@ def render_headline(report: BenchReport) -> list[str]:
 
 def render_scaling(report: BenchReport) -> list[str]:
     """Throughput by gateway process count, next to the empty handler and to Redis's own
-    ceiling for the withdraw script."""
+    ceiling for new bets."""
     redis_ceiling = report.redis_ceiling()
     ratios = report.ratios()
     lines = [
@@ -969,15 +985,16 @@ def render_scaling(report: BenchReport) -> list[str]:
     if redis_ceiling and redis_ceiling.failures:
         lines += [
             "",
-            "Redis's own ceiling for the withdraw script: not measured, Redis refused calls: "
+            "Redis's own ceiling for new bets: not measured, Redis refused calls: "
             + ", ".join(f"{kind}: {count}" for kind, count in redis_ceiling.failures.items()),
         ]
     elif redis_ceiling:
         lines += [
             "",
-            f"Redis's own ceiling for the withdraw script: **{redis_ceiling.total['rps']:.0f} "
-            f"calls/s** ({redis_ceiling.total['requests']:.0f} of the gateway's own EVALSHA "
-            f"calls of new bets, recorded by loadtests/wrk_bodies.py, sent by the bench on "
+            f"Redis's own ceiling for new bets: **{redis_ceiling.total['rps']:.0f} "
+            f"bets/s** ({redis_ceiling.total['requests']:.0f} new bets, each its claim, its "
+            "round's close read, its withdraw script and its session index's refresh as the "
+            "gateway sends them, recorded by loadtests/wrk_bodies.py, sent by the bench on "
             f"{redis_ceiling.users} connections {REDIS_PIPELINE_DEPTH} deep, the writer "
             "draining the streams meanwhile).",
         ]

@@ -1,8 +1,9 @@
 """Pre-signed new bets, each with a provider_tx_id never used before, built and signed ahead of
 the measurement so that the load tool spends nothing on them:
 - for wrk (loadtests/wrk_bets.lua): one file per wrk thread, `PREFIX.0`, `PREFIX.1`, ...;
-- for Redis directly: the withdraw script's EVALSHA commands, built by the gateway's own
-  `Wallet.debit_bet` (recorded instead of sent), for the bench's Redis ceiling.
+- for Redis directly: each bet's Redis commands (its claim, its round's close read, the withdraw
+  script, the session index's refresh), built by the gateway's own `Wallet.debit_bet` (recorded
+  instead of sent), for the bench's Redis ceiling.
 
 python -m loadtests.wrk_bodies --admin-url http://127.0.0.1:8081 --admin-token T \\
     --public-key PUB --secret SECRET --players 200 --bets 200000 --threads 2 --out bets
@@ -31,9 +32,12 @@ BALANCE_MILLIS = 10**14
 STAKE_MILLIS = 100
 CURRENCY = "USD"
 GAME = "aviadrone"
-# the script's answer to a new bet, for the recording wallet (outcome, balance, operator tx id,
-# currency, replayed)
+# the answers to a new bet, for the recording wallet: its claim's (the id is new), its script's
+# (outcome, balance, operator tx id, currency, replayed) and its plain commands' (an open round)
+CLAIMED_REPLY = ["OK", ""]
 RECORDED_REPLY = ["OK", 0, "", CURRENCY, 0]
+# one command as the wallet sends it: its script (None: a plain command) and its words
+Command = tuple[AsyncScript | None, tuple[Any, ...]]
 
 
 async def new_players(admin_url: str, admin_token: str, count: int) -> list[PlayerSession]:
@@ -81,27 +85,40 @@ class NewBets:
                 file.close()
 
 
-class RecordingWallet(Wallet):
-    """The gateway's wallet, whose script calls are recorded instead of sent to Redis."""
+class RecordingCalls:
+    """Stands in for the wallet's coalesced calls (gateway/coalesced_scripts.py): records each
+    command instead of sending it, and answers as Redis would to a new bet."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(Redis(), settings)  # never connected: nothing is sent
-        self.recorded: list[tuple[AsyncScript, list[str], tuple[Any, ...]]] = []
+    def __init__(self, claim: AsyncScript) -> None:
+        self._claim = claim
+        self.recorded: list[Command] = []
 
-    async def run_script(self, script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
-        self.recorded.append((script, keys, args))
-        return RECORDED_REPLY
+    def call(self, script: AsyncScript, keys: list[str], args: tuple[Any, ...]) -> Any:
+        self.recorded.append((script, ("EVALSHA", script.sha, len(keys), *keys, *args)))
+        return _answered(CLAIMED_REPLY if script is self._claim else RECORDED_REPLY)
+
+    def command(self, *command: Any) -> Any:
+        self.recorded.append((None, command))
+        return _answered(None)
 
 
-async def withdraw_calls(
-    bodies: Iterator[bytes], settings: Settings
-) -> list[tuple[AsyncScript, list[str], tuple[Any, ...]]]:
-    """(script, KEYS, ARGV) of the withdraw script, as the gateway would call it for each
-    body."""
-    wallet = RecordingWallet(settings)
+def _answered(reply: Any) -> "asyncio.Future[Any]":
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(reply)
+    return future
+
+
+async def bet_commands(bodies: Iterator[bytes], settings: Settings) -> list[list[Command]]:
+    """Each body's Redis commands, in the order the gateway sends them."""
+    wallet = Wallet(Redis(), settings)  # never connected: nothing is sent
+    calls = RecordingCalls(wallet.scripts.claim)
+    wallet._script_calls = calls  # type: ignore[assignment]
+    per_bet = []
     for body in bodies:
         await wallet.debit_bet(BetRequest.parse(orjson.loads(body)), body)
-    return wallet.recorded
+        per_bet.append(calls.recorded)
+        calls.recorded = []
+    return per_bet
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
--- /auth of a known session. KEYS[1] player, KEYS[2] session, KEYS[3] live-session pointer,
--- KEYS[4] session index (token -> user_id, in the token's shard).
+-- /auth of a known session. KEYS[1] player, KEYS[2] session, KEYS[3] live-session pointer.
+-- (The gateway refreshes the session index, in the token's slot, with this call.)
 -- ARGV: 1 session_token, 2 now_ms, 3 session idle limit ms, 4 session record ttl ms.
 -- Reply: {outcome, username, currency, balance, maxbet ('' = default)}.
 local session = redis.call('HMGET', KEYS[2], 'user', 'last_seen')
@@ -12,7 +12,5 @@ local player = redis.call('HMGET', KEYS[1], 'username', 'currency', 'balance', '
 if not player[2] then return {'UNKNOWN_USER', '', '', 0, ''} end
 redis.call('HSET', KEYS[2], 'last_seen', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
--- the index lives as long as the session, or a long session would lose /auth
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
 -- the balance as Redis' digits: tonumber would round it above 2^53
 return {'OK', player[1] or '', player[2], player[3], player[4] or ''}

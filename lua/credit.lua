@@ -1,21 +1,18 @@
--- WIN / FREE_BET_WIN. KEYS[5] player, KEYS[6] bet_record (the referenced
--- bet's, player's shard), KEYS[7] bet_owner (of the referenced bet id), KEYS[8] incidents (list),
--- KEYS[9] tombstone (of the bet), KEYS[10] early_win (marker of the bet),
--- KEYS[11] bet_seen_filter (the seen-id filter of the bet id's shard).
--- KEYS[12] round_closed (marker of the call's round, in the round's shard).
--- ARGV[16] bet_offsets (the bet id's offsets in that filter).
+-- WIN / FREE_BET_WIN. KEYS[3] player, KEYS[4] bet_record (the referenced bet's, in the
+-- player's shard), KEYS[5] incidents (list), KEYS[6] tombstone (of the bet), KEYS[7] early_win
+-- (marker of the bet).
+-- ARGV[15] bet_owner (whom lua/claim.lua found owning the bet's id: '' if nobody, and then
+-- this player owns it now).
 -- Settlement is never refused for an expired session: no session is checked.
-local player_key, bet_key, bet_owner_key, incidents_key, tombstone_key, early_win_key,
-      bet_filter_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local bet_offsets = ARGV[16]
+local player_key, bet_key, incidents_key, tombstone_key, early_win_key =
+  KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local bet_owner = ARGV[15]
 
 local seen = replay_or_conflict()
 if seen then return seen end
 
 local currency, balance = read_player(player_key)
 if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
-local looked_up = remember_or_look_up()
-if looked_up then return looked_up end
 if currency_in ~= currency then
   return finish('CURRENCY_MISMATCH', balance, currency, 0, {})
 end
@@ -23,8 +20,7 @@ end
 -- All checks first; `settles` says what the writes will do to the bet.
 local settles, extra = nil, {}
 if ref_id ~= '' then
-  local bet_owner = redis.call('GET', bet_owner_key)
-  if bet_owner and bet_owner ~= user_id then
+  if bet_owner ~= '' and bet_owner ~= user_id then
     return refuse_as_incident(incidents_key, 'CROSS_PLAYER', 'bet belongs to ' .. bet_owner,
       balance, currency)
   end
@@ -36,8 +32,6 @@ if ref_id ~= '' then
   end
   local bet = redis.call('HMGET', bet_key, unpack(BET_FIELDS))
   if not bet[3] then
-    local lookup = lookup_expired_bet(bet_filter_key, bet_offsets, bet_owner)
-    if lookup then return lookup end
     -- the win overtook its bet: the bet, when it comes, is already settled (no rollback after)
     local earlier_win = redis.call('GET', early_win_key)
     if earlier_win then
@@ -65,14 +59,14 @@ if over_balance_limit(balance, amount) then
     balance, currency)
 end
 
-local closed_by = round_closed_by(KEYS[12])
+local closed_by = round_closed_by
 
 if settles == 'open' then
   redis.call('HSET', bet_key, 'state', 'won')
 elseif settles == 'early' then
+  -- its claim named this player owner of the bet's id, and its seen-id filter keeps the id
+  -- (so the marker outlives its retention)
   redis.call('SET', early_win_key, tx_id, 'PX', retention_ms)
-  redis.call('SET', bet_owner_key, user_id, 'PX', retention_ms)  -- and names its player
-  remember_bet(bet_filter_key, bet_offsets)  -- so the marker outlives its retention
 end
 local new_balance = redis.call('HINCRBY', player_key, 'balance', amount)
 return finish_applied('OK', new_balance, currency, amount, extra, closed_by, incidents_key)

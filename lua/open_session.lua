@@ -1,7 +1,8 @@
 -- Open a session and make it the player's one live session (the old one is closed).
--- KEYS[1] player, KEYS[2] session, KEYS[3] live-session pointer, KEYS[4] event stream,
--- KEYS[5] session index (token -> user_id, in the token's shard, for /auth).
+-- KEYS[1] player, KEYS[2] session, KEYS[3] live-session pointer, KEYS[4] event stream.
 -- ARGV: 1 session_token, 2 user_id, 3 now_ms, 4 session record ttl ms, 5 source.
+-- The session index (token -> user_id, in the token's slot, for /auth) is written by the
+-- gateway after an 'OK' (gateway/sessions.py), a reopen included, so a lost one comes back.
 -- Reopening the same token for the same player is idempotent.
 -- All checks first, then writes that cannot fail, the event first: a refusal writes nothing.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'UNKNOWN_USER' end
@@ -15,6 +16,4 @@ if not reopened then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   redis.call('SET', KEYS[3], ARGV[1])
 end
--- a reopen (a retried /auth with its user token) rewrites the index too, so a lost one comes back
-redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[4])
 return 'OK'

@@ -1,22 +1,18 @@
--- BET / FREE_BET. KEYS[5] player, KEYS[6] session, KEYS[7] live_session (the player's
--- live-session pointer), KEYS[8] tombstone (a rollback's, of this tx id), KEYS[9] early_win
--- (marker of this tx id), KEYS[10] incidents (list), KEYS[11] round_closed (marker of the
--- call's round, in the round's shard), KEYS[12] session_index (token -> user_id, in the token's
--- shard).
--- ARGV[16] session_token, ARGV[17] session_idle_ms (idle limit), ARGV[18] default_maxbet_millis,
--- ARGV[19] session_ttl_ms (how long the session record lives).
+-- BET / FREE_BET. KEYS[3] player, KEYS[4] session, KEYS[5] live_session (the player's
+-- live-session pointer), KEYS[6] tombstone (a rollback's, of this tx id), KEYS[7] early_win
+-- (marker of this tx id), KEYS[8] incidents (list).
+-- ARGV[15] session_token, ARGV[16] session_idle_ms (idle limit), ARGV[17] default_maxbet_millis,
+-- ARGV[18] session_ttl_ms (how long the session record lives).
+-- The session's index (token -> player, in the token's slot) is kept alive by the gateway.
 local player_key, session_key, live_session_key, tombstone_key, early_win_key =
-  KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local session_index_key = KEYS[12]
-local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 16, 19)
+  KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local session_token, session_idle_ms, default_maxbet, session_ttl_ms = unpack(ARGV, 15, 18)
 
 local seen = replay_or_conflict()
 if seen then return seen end
 
 local currency, balance, maxbet = read_player(player_key)
 if not currency then return {'UNKNOWN_USER', 0, '', '', 0} end
-local looked_up = remember_or_look_up()
-if looked_up then return looked_up end
 maxbet = maxbet or tonumber(default_maxbet)
 local amount = tonumber(amount_text)
 local bet_fields = {'stake', amount_text, 'state', 'open'}
@@ -52,13 +48,11 @@ end
 if outcome ~= 'BET_VOIDED' and redis.call('EXISTS', early_win_key) == 1 then
   bet_fields[4] = 'won'  -- its win came first: a rollback of this bet would pay twice
 end
-local closed_by = outcome == 'OK' and round_closed_by(KEYS[11])
+local closed_by = outcome == 'OK' and round_closed_by
 
 redis.call('HSET', session_key, 'last_seen', now_ms)
 redis.call('PEXPIRE', session_key, session_ttl_ms)
--- the index lives as long as the session, or a long session would lose /auth
-redis.call('PEXPIRE', session_index_key, session_ttl_ms)
 if debit > 0 then
   balance = redis.call('HINCRBY', player_key, 'balance', -debit)
 end
-return finish_applied(outcome, balance, currency, -debit, bet_fields, closed_by, KEYS[10])
+return finish_applied(outcome, balance, currency, -debit, bet_fields, closed_by, KEYS[8])

@@ -52,7 +52,12 @@ FROM transactions t
 LEFT JOIN rounds ON t.action = 'CLOSE_ROUND' AND rounds.close_tx_id = t.provider_tx_id
 """
 
-RECORDS_OF_IDS = TRANSACTION_RECORDS + "WHERE t.provider_tx_id = ANY($1::text[])"
+# Through the ids' claims (migration 006): each row is looked up in the one partition of its
+# month.
+RECORDS_OF_IDS = TRANSACTION_RECORDS + (
+    "JOIN transaction_ids i ON i.provider_tx_id = t.provider_tx_id AND i.created_at = t.created_at"
+    " WHERE i.provider_tx_id = ANY($1::text[])"
+)
 
 # The ROLL_BACK that voided a bet before it came, and the WIN that settled it before it came.
 MARKERS_NAMING_IDS = """
@@ -149,10 +154,11 @@ class HistoryRecords:
     async def _put_back(
         self, key: str, owner_key: str, owner_id: str, kind: str, values: list[str]
     ) -> None:
-        """lua/bring_back_record.lua: a hash (field/value pairs) or a string (one value)."""
-        await self._script(
-            keys=[key, owner_key], args=[self._retention_ms, owner_id, kind, *values]
-        )
+        """lua/bring_back_record.lua: a hash (field/value pairs) or a string (one value); then
+        the owner of its id, in the id's slot. A crash in between leaves the owner absent: the
+        next claim of the id asks for the history again and this converges."""
+        await self._script(keys=[key], args=[self._retention_ms, kind, *values])
+        await self._redis.set(owner_key, owner_id, px=self._retention_ms, nx=True)
 
     async def _require_written_through_retention(self) -> None:
         """An id absent from the history is new only if no entry older than the retention

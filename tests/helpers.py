@@ -83,6 +83,17 @@ async def redis_dump(redis_url: str) -> dict[bytes, tuple[Any, ...]]:
     return dump
 
 
+def without_claims(dump: dict[bytes, Any]) -> dict[bytes, Any]:
+    """A dump without what lua/claim.lua writes (an id's owner, a shard's seen-id filter): a
+    money call claims its ids before its script decides, in the ids' own slots. A claim moves
+    no money; a call refused after it, retried, is decided as if new."""
+    return {
+        key: value
+        for key, value in dump.items()
+        if b":owner:" not in key and not key.endswith(b":seen")
+    }
+
+
 # A write pause holds every script while reads and CLIENT UNPAUSE still answer: the test ends
 # it when it is done. Its length only bounds a test that dies paused.
 REDIS_PAUSE_MS_MAX = 10_000

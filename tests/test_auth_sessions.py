@@ -13,6 +13,7 @@ from payloads import bet, win
 from gateway.app import Services
 from gateway.logs import JsonLineFormatter
 from gateway.outcomes import OUTCOMES
+from gateway.redis_errors import WalletUnavailable
 
 USER = "player-1"
 BALANCE = 10_000
@@ -402,26 +403,40 @@ async def test_a_session_kept_alive_past_a_day_still_authenticates(
     assert status == 200, body
 
 
-async def test_opening_a_session_writes_its_index_in_the_same_script(
-    admin: Admin, services: Services, player: Any, monkeypatch: pytest.MonkeyPatch
+async def test_a_session_opened_without_its_index_gets_it_from_the_providers_retry(
+    provider: Provider, admin: Admin, services: Services, player: Any, monkeypatch: Any
 ) -> None:
-    """No second step that a crash or a timeout could skip: the open_session script's own KEYS
-    name the index, and it is there, as long-lived as the session, once the open answers."""
+    """The index is in the token's slot, the session in the player's: two steps, the index
+    second. A crash between them (here: the index's write fails once) answers 503 and leaves a
+    session /auth cannot find by its token; the provider's retry with the user token reopens
+    it, which writes the index, as long-lived as the session."""
     wallet = services.wallet
-    open_session_keys: list[list[str]] = []
-    run_script = wallet.run_script
+    run_command = wallet.run_command
+    failures = []
 
-    async def recording_run_script(script: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
-        if script is wallet.scripts.open_session:
-            open_session_keys.append(keys)
-        return await run_script(script, keys, args)
+    async def index_write_fails_once(*command: Any) -> Any:
+        if command[0] == "SET" and ":sidx:" in command[1] and not failures:
+            failures.append(command[1])
+            raise WalletUnavailable("the process died between the two steps")
+        return await run_command(*command)
 
-    monkeypatch.setattr(wallet, "run_script", recording_run_script)
-    session_token = await admin.open_session(USER)
-    index, session = index_and_session_keys(services, session_token)
-    assert len(open_session_keys) == 1 and index in open_session_keys[0]
+    request = {"session_token": "gp-session-1", "user_token": await user_token_for(admin, USER)}
+    monkeypatch.setattr(wallet, "run_command", index_write_fails_once)
+    status, body = await provider.post("/auth", request)
+    assert status == 503, body
+    index, session = index_and_session_keys(services, "gp-session-1")
+    assert failures == [index]
+    assert await services.redis.exists(session) and not await services.redis.exists(index)
+    status, body = await provider.post("/auth", {"session_token": "gp-session-1"})
+    assert status == 404, body  # not found by its token alone, until the retry
+
+    status, body = await provider.post("/auth", request)
+    assert status == 200, body
+    assert body["data"]["user_id"] == USER
     assert await services.redis.get(index) == USER
     assert await services.redis.pttl(index) >= await services.redis.pttl(session) > 0
+    status, body = await provider.post("/withdraw", bet(USER, "gp-session-1", "tx-1", amount=1))
+    assert status == 200, body
 
 
 async def test_opening_a_session_of_an_unknown_player_writes_no_session_and_no_index(

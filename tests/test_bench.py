@@ -37,7 +37,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     assert set(phases) == {
         "ceiling-round-1", "new-bets-1-process-round-1", "ceiling-round-2",
         "new-bets-1-process-round-2", "provider-mix", "new-bets-half-rate", "ceiling-half-rate",
-        "new-bets-2-process", "redis-withdraw-script",
+        "new-bets-2-process", "redis-new-bets",
     }  # fmt: skip
     for phase in phases.values():
         assert phase["endpoints"]["Aggregated"]["requests"] > 0, phase["name"]
@@ -47,7 +47,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     for name in ("ceiling-round-1", "new-bets-1-process-round-2", "new-bets-2-process"):
         assert phases[name]["tool"] == headline_tool
     assert phases["provider-mix"]["tool"] == "locust"
-    assert phases["redis-withdraw-script"]["tool"] == "pipelined EVALSHA"
+    assert phases["redis-new-bets"]["tool"] == "pipelined commands"
     markdown = (out / "report.md").read_text()
     median = report["ratios_to_empty_handler"]["median"]
     assert (
@@ -68,7 +68,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     median_new_bets = (rps["new-bets-1-process-round-1"] + rps["new-bets-1-process-round-2"]) / 2
     assert half_rate == 0.5 * median_new_bets
     assert phases["ceiling-half-rate"]["target_rps"] == half_rate
-    assert "Redis's own ceiling for the withdraw script: **" in markdown
+    assert "Redis's own ceiling for new bets: **" in markdown
 
     cpu = report["cpu_seconds_per_1000_requests"]
     for column in ("new-bets-1-process", "new-bets-2-process", "provider-mix"):
@@ -77,7 +77,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
         assert cpu[column]["server"] > 0 and cpu[column]["Redis"] > 0, cpu[column]
     assert cpu["ceiling"]["server"] > 0
     assert (
-        "server" not in cpu["redis-withdraw-script"] and cpu["redis-withdraw-script"]["Redis"] > 0
+        "server" not in cpu["redis-new-bets"] and cpu["redis-new-bets"]["Redis"] > 0
     )
     for label in (
         "| server: the gateway",

@@ -80,7 +80,7 @@ def test_lua_headers_and_reads_match_declared_layout(script):
 
 def test_a_header_that_disagrees_with_the_declaration_is_caught():
     swapped = lua_source("withdraw").replace(
-        "ARGV[18] default_maxbet_millis", "ARGV[18] session_ttl_ms", 1
+        "ARGV[17] default_maxbet_millis", "ARGV[17] session_ttl_ms", 1
     )
     assert mismatches("withdraw", lua_source("money_common"), swapped)
 
