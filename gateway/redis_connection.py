@@ -49,7 +49,8 @@ def is_cluster_url(redis_url: str) -> bool:
     return redis_url.startswith(f"{CLUSTER_SCHEME}://")
 
 
-def _from_url(redis_url: str, **options: Any) -> AnyRedis:
+def client_for_url(redis_url: str, **options: Any) -> AnyRedis:
+    """A client of one Redis or of a Redis Cluster, as `redis_url` says; `options` as redis-py's."""
     if not is_cluster_url(redis_url):
         return Redis.from_url(redis_url, **options)
     parts = urlsplit(redis_url)
@@ -60,7 +61,9 @@ def _from_url(redis_url: str, **options: Any) -> AnyRedis:
         if not host or not port.isdigit():
             raise ValueError(f"REDIS_URL: {CLUSTER_SCHEME}:// wants host:port[,host:port...]")
         startup_nodes.append(ClusterNode(host, int(port)))
-    # `max_connections` is per node; `retry` also re-reads the slot map between tries.
+    # `max_connections` is per node; `retry` also re-reads the slot map between tries. The
+    # cluster client makes its nodes' connections itself: they pack in Python.
+    options.pop("connection_class", None)
     return RedisCluster(
         startup_nodes=startup_nodes,
         username=unquote(parts.username) if parts.username else None,
@@ -72,7 +75,7 @@ def _from_url(redis_url: str, **options: Any) -> AnyRedis:
 def connect_background_redis(redis_url: str, **options: Any) -> AnyRedis:
     """A client off the request path: decoded replies, a bounded connect; `options` add to
     them (the writer's own reply timeout and name)."""
-    return _from_url(
+    return client_for_url(
         redis_url,
         decode_responses=True,
         socket_connect_timeout=REDIS_CONNECT_SECONDS_MAX,
@@ -89,7 +92,7 @@ async def run_with_redis(settings: Settings, work: Any, *extra: Any) -> Any:
 
 def connect_redis(settings: Settings) -> AnyRedis:
     timeout_seconds = settings.redis_timeout_ms / 1000
-    return _from_url(
+    return client_for_url(
         settings.redis_url,
         decode_responses=True,
         socket_timeout=timeout_seconds,

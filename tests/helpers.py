@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
 from gateway.keys import shard_of
+from gateway.redis_connection import client_for_url
 
 Server = TypeVar("Server", EmbeddedRedis, EmbeddedPostgres)
 
@@ -75,7 +76,7 @@ async def redis_dump(redis_url: str) -> dict[bytes, tuple[Any, ...]]:
     entries). Two equal dumps: nothing was written between them. TTL values are left out (they
     tick); DUMP covers a stream's consumer groups, XRANGE shows its entries readably."""
     dump: dict[bytes, tuple[Any, ...]] = {}
-    async with Redis.from_url(redis_url) as redis:  # bytes: DUMP is not text
+    async with client_for_url(redis_url) as redis:  # bytes: DUMP is not text
         for key in await redis.keys("*"):
             kind = await redis.type(key)
             entries = await redis.xrange(key) if kind == b"stream" else None

@@ -396,7 +396,8 @@ async def test_a_session_kept_alive_past_a_day_still_authenticates(
         index_ttl_ms = await services.redis.pttl(index)
         session_ttl_ms = await services.redis.pttl(session)
         assert session_ttl_ms > wallet.session_ttl_ms - step_ms  # refreshed by this callback
-        assert index_ttl_ms >= session_ttl_ms, (callbacks, index_ttl_ms, session_ttl_ms)
+        # (on a Redis Cluster both are refreshed at once on two nodes: a millisecond apart)
+        assert index_ttl_ms >= session_ttl_ms - 2, (callbacks, index_ttl_ms, session_ttl_ms)
     status, body = await provider.post("/auth", {"session_token": session_token})
     assert status == 200, body
     status, body = await provider.post("/withdraw", bet(USER, session_token, "tx-last", amount=1))
