@@ -89,18 +89,21 @@ CREATE TEMP TABLE IF NOT EXISTS tx_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-# Sorted by key so that two writers inserting overlapping batches (a reclaimed batch) lock the
-# unique index in the same order and cannot deadlock; of two entries of one id, the first
-# written to its stream is kept.
+# Each row claims its provider_tx_id in `transaction_ids` first (a trigger, migration 006), and
+# is skipped when the id is claimed already, as ON CONFLICT DO NOTHING skipped it: a redelivered
+# entry stores nothing. Sorted by key so that two writers inserting overlapping batches (a
+# reclaimed batch) lock the claims in the same order and cannot deadlock; of two entries of one
+# id, the first written to its stream is kept.
 INSERT_STAGED_TRANSACTIONS = f"""
 INSERT INTO transactions ({_TX_COLUMN_LIST})
 SELECT {_TX_COLUMN_LIST} FROM tx_stage
 ORDER BY provider_tx_id, stream_position(stream_id)
-ON CONFLICT (provider_tx_id) DO NOTHING
 """
 
 # Staged entries the insert skipped although they are not the row it holds (a redelivered
-# entry is: same stream id): the same provider_tx_id applied twice.
+# entry is: same stream id): the same provider_tx_id applied twice. The held row is found
+# through its claim, in the one partition of its month; a claim whose row is gone (its month
+# archived) cannot prove the entry a redelivery, so the entry is kept too.
 STAGED_CONFLICTS = """
 SELECT s.stream_id, s.provider_tx_id, s.user_id, s.round_id, s.bet_tx_id, s.request,
        s.created_at, t.request AS held_request,
@@ -109,8 +112,10 @@ SELECT s.stream_id, s.provider_tx_id, s.user_id, s.round_id, s.bet_tx_id, s.requ
            'fingerprint', s.fingerprint, 'held_stream_id', t.stream_id,
            'held_outcome', t.outcome, 'held_delta', t.delta,
            'held_fingerprint', t.fingerprint) AS details
-FROM tx_stage s JOIN transactions t USING (provider_tx_id)
-WHERE t.stream_id <> s.stream_id
+FROM tx_stage s
+JOIN transaction_ids i USING (provider_tx_id)
+LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id AND t.created_at = i.created_at
+WHERE t.stream_id IS DISTINCT FROM s.stream_id
 ORDER BY s.provider_tx_id
 """
 

@@ -1,10 +1,12 @@
 """Schema migrations: the plain SQL files of `persistence/migrations/`, applied in name order,
-each once, each in its own transaction, recorded in `schema_migrations`."""
+each once, each in its own transaction, recorded in `schema_migrations`; then the monthly
+partitions of `transactions` ahead of time (persistence/partitions.py)."""
 
 from importlib.resources import files
 
 import asyncpg
 
+from persistence.partitions import create_partitions_ahead_if_possible
 from persistence.postgres import connect_postgres
 
 # Any constant both migrators agree on: two `migrate` runs at once take turns.
@@ -19,12 +21,15 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 async def migrate(database_url: str) -> list[str]:
-    """Apply the migrations not applied yet; return their names (empty when up to date)."""
+    """Apply the migrations not applied yet; return their names (empty when up to date). Then
+    make the partitions of this month and the next ones, when missing."""
     connection = await connect_postgres(database_url)
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
-            return await _apply_missing(connection)
+            applied_now = await _apply_missing(connection)
+            await create_partitions_ahead_if_possible(connection)
+            return applied_now
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     finally:

@@ -76,7 +76,9 @@ LIMIT $4
 INCIDENT_COLUMNS = """
 i.id, i.kind, i.provider_tx_id, i.user_id, i.round_id, i.bet_tx_id, i.request, i.recorded,
 i.details, i.created_at, i.resolved_at, i.resolution_note, i.resolved_by, t.action
-FROM incidents i LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id
+FROM incidents i
+LEFT JOIN transaction_ids ti ON ti.provider_tx_id = i.provider_tx_id
+LEFT JOIN transactions t ON t.provider_tx_id = ti.provider_tx_id AND t.created_at = ti.created_at
 """
 
 # $2: NULL for every incident, true for the open ones, false for the resolved ones.
