@@ -231,7 +231,8 @@ class AdminApi:
         return respond(OK, {"players": players, "next_after": next_after})
 
     async def _currencies_and_balances(self, user_ids: list[str]) -> list[list[str | None]]:
-        """[currency, balance] of each player as the wallet holds them now; one round trip."""
+        """[currency, balance] of each player as the wallet holds them now; one round trip (on a
+        Redis Cluster one per node, at once: a non-transactional pipeline is split by key)."""
         keys = self.wallet.keys
         async with self.wallet.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:

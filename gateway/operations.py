@@ -6,13 +6,13 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
 
 from gateway.callbacks import respond
 from gateway.keys import KeySpace
 from gateway.metrics import Metrics, Probe
 from gateway.openapi import openapi_document
 from gateway.outcomes import OK
+from gateway.redis_connection import AnyRedis
 from gateway.scripts import Scripts
 from persistence.streams import WriterLag, read_progress
 
@@ -30,7 +30,7 @@ def is_console_path(path: str) -> bool:
 class OperationsApi:
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         scripts: Scripts,
         metrics: Metrics,
         pool: asyncpg.Pool | None,
@@ -75,6 +75,7 @@ class OperationsApi:
     async def redis_ready(self) -> bool:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                # on a Redis Cluster: asked of every master, loaded = loaded on all of them
                 loaded = await self.redis.script_exists(*self.scripts.shas())
         except Exception:  # any failure means not ready; the reason is in the Redis logs
             self.metrics.redis_up.set(0)

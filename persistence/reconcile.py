@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.clock import now_ms
 from gateway.keys import KeySpace
+from gateway.redis_connection import AnyRedis
 from gateway.settings import Settings
 from persistence.batch import BIGINT_MAX, ms_to_datetime
 from persistence.postgres import connect_postgres
@@ -59,7 +59,9 @@ ORDER BY p.user_id
 RECORDS_THAT_DIFFER = """
 SELECT r.provider_tx_id, r.outcome AS redis_outcome, r.fingerprint AS redis_fingerprint,
        t.provider_tx_id IS NOT NULL AS known, t.outcome, t.fingerprint
-FROM redis_records r LEFT JOIN transactions t USING (provider_tx_id)
+FROM redis_records r
+LEFT JOIN transaction_ids i ON i.provider_tx_id = r.provider_tx_id
+LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id AND t.created_at = i.created_at
 WHERE t.provider_tx_id IS NULL OR t.outcome IS DISTINCT FROM r.outcome
    OR t.fingerprint IS DISTINCT FROM r.fingerprint
 ORDER BY r.provider_tx_id
@@ -144,17 +146,20 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-async def _scan(redis: Redis, pattern: str) -> list[str]:
+async def _scan(redis: AnyRedis, pattern: str) -> list[str]:
+    # On a Redis Cluster, scan_iter walks every master, each with a cursor of its own.
     return [key async for key in redis.scan_iter(match=pattern, count=SCAN_KEYS_PER_CALL)]
 
 
-async def snapshot_redis(redis: Redis, keys: KeySpace) -> RedisSnapshot:
+async def snapshot_redis(redis: AnyRedis, keys: KeySpace) -> RedisSnapshot:
     snapshot = RedisSnapshot()
     for shard in range(keys.shards):
         prefix = keys.player(shard, "")
         player_keys = await _scan(redis, keys.player(shard, "*"))
         for chunk in _chunks(player_keys, SNAPSHOT_KEYS_MAX) or [[]]:
-            # One MULTI: the balances and the stream position they correspond to.
+            # One MULTI: the balances and the stream position they correspond to. Every key of
+            # one shard is in one slot (its hash tag), so on a Redis Cluster too it is one MULTI,
+            # on the node that holds the slot.
             async with redis.pipeline(transaction=True) as pipe:
                 pipe.xinfo_stream(keys.events(shard))
                 for key in chunk:
@@ -270,7 +275,7 @@ def _at_or_before(stream_id: str, positions: dict[int, list[int]], shard: int) -
     return list(parse_stream_id(stream_id)) <= positions.get(shard, POSITION_END)
 
 
-async def reconcile(redis: Redis, database_url: str, settings: Settings) -> ReconcileReport:
+async def reconcile(redis: AnyRedis, database_url: str, settings: Settings) -> ReconcileReport:
     """Compare Redis with PostgreSQL after writing the streams up to now. `redis` decodes
     responses (as gateway.redis_connection makes it)."""
     keys = KeySpace(settings.shards)

@@ -31,17 +31,23 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from gateway import clock
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
 from gateway.outcomes import INCIDENT_KINDS
-from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME, run_with_redis
+from gateway.redis_connection import (
+    GATEWAY_CLIENT_NAME,
+    WRITER_CLIENT_NAME,
+    AnyRedis,
+    run_with_redis,
+)
 from gateway.schemas import CLOSE_ROUND_ACTION
 from gateway.seen_filter import filter_offsets
 from gateway.settings import STORE_SETTINGS, Settings, add_setting_flags, load_settings
@@ -80,7 +86,8 @@ INCIDENTS = """
 SELECT i.kind, i.provider_tx_id, i.user_id, i.bet_tx_id, i.request, i.recorded, i.created_at,
        t.action
 FROM incidents i
-LEFT JOIN transactions t ON t.provider_tx_id = i.provider_tx_id
+LEFT JOIN transaction_ids ti ON ti.provider_tx_id = i.provider_tx_id
+LEFT JOIN transactions t ON t.provider_tx_id = ti.provider_tx_id AND t.created_at = ti.created_at
 WHERE i.kind = ANY($1::text[])
 ORDER BY i.created_at, i.id
 """
@@ -114,10 +121,11 @@ class RestoreReport:
 
 
 class _BoundedPipeline:
-    """Queues commands; sends them every RESTORE_PIPELINE_COMMANDS_MAX commands."""
+    """Queues commands; sends them every RESTORE_PIPELINE_COMMANDS_MAX commands (on a Redis
+    Cluster, redis-py sends each node the commands of its keys, all nodes at once)."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.pipe: Pipeline = redis.pipeline(transaction=False)
+    def __init__(self, redis: AnyRedis) -> None:
+        self.pipe: Pipeline | ClusterPipeline = redis.pipeline(transaction=False)
 
     async def flush_if_full(self) -> None:
         if len(self.pipe) >= RESTORE_PIPELINE_COMMANDS_MAX:
@@ -129,13 +137,13 @@ class _BoundedPipeline:
 
 
 async def restore(
-    redis: Redis, database_url: str, settings: Settings, force: bool
+    redis: AnyRedis, database_url: str, settings: Settings, force: bool
 ) -> RestoreReport:
     """Rebuild the hot wallet from PostgreSQL. Raises RestoreRefused when the wallet is live
     (see refuse_live_wallet), or when Redis holds any key and not `force` (forced, the keys it
     writes are replaced, others are left alone)."""
     await refuse_live_wallet(redis, settings)
-    keys_in_redis = await redis.dbsize()
+    keys_in_redis = await redis.dbsize(**_every_node(redis, RedisCluster.PRIMARIES))
     if keys_in_redis and not force:
         raise RestoreRefused(
             f"Redis holds {keys_in_redis} keys: restore into an empty Redis, or force it"
@@ -166,11 +174,28 @@ async def restore(
     return report
 
 
-async def refuse_live_wallet(redis: Redis, settings: Settings) -> None:
-    """RestoreRefused, naming them, when gateways or writers are connected to this Redis or
-    the streams hold entries the writer has not written to PostgreSQL yet."""
+def _every_node(redis: AnyRedis, nodes: str) -> dict[str, Any]:
+    """The options that send a server-wide command (DBSIZE, CLIENT LIST) to every node of a
+    Redis Cluster, not to one: redis-py sums DBSIZE's replies, and answers CLIENT LIST per node.
+    One Redis: none."""
+    return {"target_nodes": nodes} if isinstance(redis, RedisCluster) else {}
+
+
+async def _clients(redis: AnyRedis) -> list[dict[str, str]]:
+    """Every client connection, of every node of a cluster (replicas too: a client may read
+    from one)."""
+    reply = await redis.client_list(**_every_node(redis, RedisCluster.ALL_NODES))
+    if isinstance(reply, dict):  # node name -> its clients
+        return [client for clients in reply.values() for client in clients]
+    return reply
+
+
+async def refuse_live_wallet(redis: AnyRedis, settings: Settings) -> None:
+    """RestoreRefused, naming them, when gateways or writers are connected to this Redis (any
+    node of a cluster) or the streams hold entries the writer has not written to PostgreSQL
+    yet."""
     live_names = (GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME)
-    live = [client for client in await redis.client_list() if client["name"] in live_names]
+    live = [client for client in await _clients(redis) if client["name"] in live_names]
     if live:
         connections = Counter(client["name"] for client in live)
         hosts = sorted({client["addr"].rpartition(":")[0] for client in live})

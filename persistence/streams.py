@@ -2,17 +2,20 @@
 delivered yet, how far behind it is, and below which id a stream may be trimmed.
 
 Redis 6.2 (the embedded server) has no per-group `lag` in XINFO, so positions are derived from
-XINFO GROUPS, XPENDING and one XRANGE per stream, in two pipelined round trips.
+XINFO GROUPS, XPENDING and one XRANGE per stream, in two pipelined round trips. Every command
+names one stream, so on a Redis Cluster the (non-transactional) pipelines work unchanged:
+redis-py sends each node the commands of its slots, one round trip per node, all at once.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway import clock
 from gateway.keys import KeySpace
+from gateway.redis_connection import AnyRedis
+from gateway.redis_errors import is_not_now
 
 GROUP = "history"
 STREAM_START_ID = "0-0"
@@ -42,7 +45,7 @@ def is_after(stream_id: str, other: str) -> bool:
     return parse_stream_id(stream_id) > parse_stream_id(other)
 
 
-async def ensure_groups(redis: Redis, streams: list[str], group: str = GROUP) -> None:
+async def ensure_groups(redis: AnyRedis, streams: list[str], group: str = GROUP) -> None:
     """Create the group on every stream (and the stream itself) where missing.
 
     From id 0, not `$`: entries written before the group existed (the gateway ran before any
@@ -58,6 +61,18 @@ async def ensure_groups(redis: Redis, streams: list[str], group: str = GROUP) ->
 
 def is_missing_group(exc: ResponseError) -> bool:
     return str(exc).startswith("NOGROUP")
+
+
+def raise_failed_node(replies: list[Any]) -> None:
+    """Of a pipeline's replies (raise_on_error=False, for the error replies of a stream or
+    group that does not exist yet), raise what says nothing about the stream: on a Redis
+    Cluster a node that did not answer, or answered "not now", is one reply among the others
+    (one Redis raises it from the pipeline)."""
+    for reply in replies:
+        if isinstance(reply, Exception) and (
+            not isinstance(reply, ResponseError) or is_not_now(reply)
+        ):
+            raise reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +107,14 @@ def _group_named(groups: list[dict[str, Any]], group: str) -> dict[str, Any] | N
 
 
 async def read_progress(
-    redis: Redis, streams: list[str], group: str = GROUP
+    redis: AnyRedis, streams: list[str], group: str = GROUP
 ) -> list[StreamProgress]:
     async with redis.pipeline(transaction=False) as pipe:
         for stream in streams:
             pipe.xinfo_stream(stream)
             pipe.xinfo_groups(stream)
         first = await pipe.execute(raise_on_error=False)
+    raise_failed_node(first)
 
     # Second round trip: the oldest pending id of every group with pending entries, and the
     # first entry after our group's last delivered id.
@@ -183,6 +199,6 @@ class WriterLag:
         )
 
 
-async def read_lag(redis: Redis, shards: int, group: str = GROUP) -> WriterLag:
+async def read_lag(redis: AnyRedis, shards: int, group: str = GROUP) -> WriterLag:
     """The history's lag behind the hot wallet, for a probe (e.g. the gateway's metrics)."""
     return WriterLag.of(await read_progress(redis, KeySpace(shards).all_streams(), group))

@@ -34,14 +34,14 @@ from typing import Any
 
 import asyncpg
 import uvloop
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, ResponseError
 
 from gateway.backoff import Backoff
 from gateway.keys import KeySpace
 from gateway.logs import configure_logging
-from gateway.redis_connection import WRITER_CLIENT_NAME, connect_background_redis
-from gateway.redis_errors import REDIS_UNREACHABLE, is_not_now
+from gateway.redis_connection import WRITER_CLIENT_NAME, AnyRedis, connect_background_redis
+from gateway.redis_errors import REDIS_UNREACHABLE, is_cluster_in_flux, is_not_now
 from gateway.settings import STORE_SETTINGS, Settings, add_setting_flags, load_settings
 from persistence.batch import (
     EVENT_QUARANTINED,
@@ -50,6 +50,7 @@ from persistence.batch import (
     HistoryBatch,
     quarantine,
 )
+from persistence.partitions import create_partitions_ahead_if_possible
 from persistence.postgres import PG_UNREACHABLE, open_postgres_pool
 from persistence.rounds import ROUND_CLOSE_SKEW_MS, settle_closed_rounds
 from persistence.streams import (
@@ -59,6 +60,7 @@ from persistence.streams import (
     WriterLag,
     ensure_groups,
     is_missing_group,
+    raise_failed_node,
     read_progress,
     stream_id_ms,
 )
@@ -68,6 +70,9 @@ log = logging.getLogger("persistence.writer")
 
 BATCH_EVENTS_MAX = 2000  # entries per PostgreSQL transaction, summed over all streams
 BLOCK_MS = 1000  # how long one XREADGROUP waits for new entries
+# On a Redis Cluster a read cannot block on every stream at once: an empty one is polled again
+# this often (16 streams: 320 cheap XREADGROUPs a second spread over the nodes, when idle).
+CLUSTER_POLL_MS = 50
 # After a batch smaller than the limit, wait this long before reading again, so the next batch
 # is larger: at 3,000 bets/s, batches of ~25 events cost the writer and PostgreSQL together
 # 0.41 of a core, batches of ~300 cost 0.14. The events wait in Redis, durable in its AOF.
@@ -91,6 +96,10 @@ METRICS_HOST_DEFAULT = "127.0.0.1"
 DRAIN_CHECK_INTERVAL_SECONDS = 0.5  # while writing, how often a drain checks if it is done
 # A drain returns by its deadline; this backstop cancels it should something block past it.
 DRAIN_OVERRUN_SECONDS_MAX = 30.0
+
+# What the loops wait out or handle (see _outlast_redis_failure); RedisClusterException is not
+# a RedisError: the cluster client raises it when it cannot build its slot map.
+REDIS_FAILURES = (ResponseError, RedisClusterException, *REDIS_UNREACHABLE)
 
 # What PostgreSQL refuses in an entry itself (a NUL byte, a number out of range, a broken
 # constraint): that entry is quarantined and the writer goes on. Anything else (a missing
@@ -141,9 +150,10 @@ async def _pause(stop: asyncio.Event | None, seconds: float) -> None:
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(STAGING_DDL)
+    await create_partitions_ahead_if_possible(connection)
 
 
-def connect_writer_redis(redis_url: str, block_ms: int) -> Redis:
+def connect_writer_redis(redis_url: str, block_ms: int) -> AnyRedis:
     # Its own client: the gateway's answers within REDIS_TIMEOUT_MS, a blocked read does not.
     return connect_background_redis(
         redis_url,
@@ -174,6 +184,9 @@ class HistoryWriter:
         self.redis = connect_writer_redis(settings.redis_url, limits.block_ms)
         self._pool: asyncpg.Pool | None = None
         self._groups_ready = False
+        # Entries may be pending at this very consumer: at start (a writer restarted under its
+        # name), and after a failed read (what it had delivered is pending here, unseen).
+        self._own_pending_unread = True
         self.metrics = metrics or WriterMetrics()
         self.events_written = 0
         self.events_reclaimed = 0
@@ -217,15 +230,23 @@ class HistoryWriter:
     # --- one batch -----------------------------------------------------------------------
 
     async def _read_new(self, block_ms: int | None) -> list[Entry]:
+        return await self._read_group(">", block_ms)
+
+    async def _read_group(self, start_id: str, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP on every stream from `start_id`: ">" what no consumer was given yet,
+        "0" what is pending at this consumer (an entry deleted since comes without fields)."""
         # COUNT applies per stream: split the batch limit between the streams.
         per_stream = max(1, self.limits.batch_events_max // len(self.streams))
-        reply = await self.redis.xreadgroup(
-            GROUP,
-            self.consumer,
-            dict.fromkeys(self.streams, ">"),
-            count=per_stream,
-            block=block_ms,
-        )
+        if isinstance(self.redis, RedisCluster):
+            reply = await self._read_each_stream(start_id, per_stream, block_ms)
+        else:  # one Redis: one call for all streams, blocking in the server
+            reply = await self.redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(self.streams, start_id),
+                count=per_stream,
+                block=block_ms,
+            )
         entries = [
             (stream, entry_id, fields)
             for stream, stream_entries in reply or []
@@ -233,6 +254,30 @@ class HistoryWriter:
         ]
         assert len(entries) <= max(self.limits.batch_events_max, len(self.streams))
         return entries
+
+    async def _read_each_stream(
+        self, start_id: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+        """XREADGROUP on a Redis Cluster, as one Redis answers it. The shard streams are in
+        different slots and one command may not name two (CROSSSLOT): one XREADGROUP per
+        stream, in one pipeline, which redis-py sends to each stream's node (one round trip per
+        node, all at once; it follows MOVED and re-reads the slot map). Reads of several nodes
+        cannot block together, so an empty read is polled again until block_ms has passed."""
+        deadline = time.monotonic() + (block_ms or 0) / 1000
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in self.streams:
+                    pipe.xreadgroup(GROUP, self.consumer, {stream: start_id}, count=count)
+                replies = await pipe.execute(raise_on_error=False)
+            # The error as Redis replied it (raise_on_error would prefix it, hiding NOGROUP);
+            # what the other streams delivered meanwhile is read again after the failure.
+            failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failed is not None:
+                raise failed
+            reply = [stream_reply for per_stream in replies for stream_reply in per_stream or []]
+            if any(entries for _, entries in reply) or time.monotonic() >= deadline:
+                return reply
+            await asyncio.sleep(CLUSTER_POLL_MS / 1000)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -341,22 +386,15 @@ class HistoryWriter:
 
     async def _recover_own_pending(self, stop: asyncio.Event | None) -> None:
         """Write what is pending at this very consumer (a drain that was interrupted, a writer
-        restarted under the same name): nobody else is working on it."""
-        per_stream = max(1, self.limits.batch_events_max // len(self.streams))
+        restarted under the same name, a read that failed): nobody else is working on it."""
         while True:
-            reply = await self.redis.xreadgroup(
-                GROUP, self.consumer, dict.fromkeys(self.streams, "0"), count=per_stream
-            )
-            entries = [
-                (stream, entry_id, fields)
-                for stream, stream_entries in reply or []
-                for entry_id, fields in stream_entries
-            ]
+            entries = await self._read_group("0", block_ms=None)
             gone = [(stream, entry_id) for stream, entry_id, fields in entries if not fields]
             for stream, entry_id in gone:  # deleted from the stream: nothing left to write
                 await self.redis.xack(stream, GROUP, entry_id)
             entries = [entry for entry in entries if entry[2]]
             if not entries and not gone:
+                self._own_pending_unread = False
                 return
             if entries and not await self._write(entries, stop):
                 return
@@ -419,6 +457,7 @@ class HistoryWriter:
             for stream in self.streams:
                 pipe.xinfo_consumers(stream, GROUP)
             per_stream = await pipe.execute(raise_on_error=False)
+        raise_failed_node(per_stream)
         return [
             (stream, consumer)
             for stream, consumers in zip(self.streams, per_stream, strict=True)
@@ -491,13 +530,11 @@ class HistoryWriter:
         backoff = _retry_backoff()
         next_claim_at = next_trim_at = next_rounds_at = next_lag_at = 0.0
         log.info("history writer %s started on %d streams", self.consumer, len(self.streams))
-        own_pending_recovered = False
         while not stop.is_set():
             try:
                 await self._ensure_groups()
-                if not own_pending_recovered:
+                if self._own_pending_unread:
                     await self._recover_own_pending(stop)
-                    own_pending_recovered = True
                 if time.monotonic() >= next_claim_at:
                     await self._claim_idle(stop)
                     await self._forget_dead_consumers()
@@ -521,7 +558,7 @@ class HistoryWriter:
                     await self._settle_rounds_if_reachable()
                     next_rounds_at = now + ROUND_CHECK_INTERVAL_SECONDS
                 backoff.reset()
-            except (ResponseError, *REDIS_UNREACHABLE) as exc:
+            except REDIS_FAILURES as exc:
                 await self._outlast_redis_failure(exc, backoff, stop)
         log.info(
             "history writer %s stopped: %d events in %d batches, %d reclaimed",
@@ -536,13 +573,24 @@ class HistoryWriter:
     ) -> None:
         """A group lost to a flush is created again on the next pass; an unreachable Redis, or
         one that cannot take writes now (READONLY after a failover, LOADING, OOM: XREADGROUP
-        writes), is waited out with backoff. Any other error is not ours to swallow."""
+        writes; on a cluster CLUSTERDOWN, TRYAGAIN, redirections that outlast the client's
+        retries, a dead master not failed over yet), is waited out with backoff. Any other
+        error is not ours to swallow."""
+        # What a failed read had delivered (on a cluster, other streams') is pending here.
+        self._own_pending_unread = True
         if isinstance(exc, ResponseError) and not is_not_now(exc):
             if not is_missing_group(exc):
                 raise exc
             log.warning("consumer group missing (Redis flushed?): creating it again")
             self._groups_ready = False
             return
+        if isinstance(exc, RedisClusterException) and not is_cluster_in_flux(exc):
+            raise exc
+        if isinstance(self.redis, RedisCluster):
+            # Re-read the slot map before the next command: redis-py does after a failed
+            # command, not after a failed reply within a pipeline (a master that moved or died).
+            with contextlib.suppress(*REDIS_UNREACHABLE):
+                await self.redis.aclose()
         delay = backoff.next_seconds()
         if _worth_logging(backoff):
             log.warning("Redis unavailable (%r); retrying every <= %.1f s", exc, delay)
@@ -584,11 +632,13 @@ class HistoryWriter:
         backoff = _retry_backoff()
         targets: dict[str, str] | None = None
         next_check_at = 0.0
+        self._own_pending_unread = True  # an earlier drain may have stopped half-way
         while not stop.is_set():
             try:
                 await self._ensure_groups()
                 if targets is None:
                     targets = {p.stream: p.last_generated_id for p in await self.progress()}
+                if self._own_pending_unread:
                     await self._recover_own_pending(stop)
                     continue
                 entries = await self._read_new(block_ms=None)
@@ -607,7 +657,7 @@ class HistoryWriter:
                 if not await self._claim_idle(stop) and not entries:
                     await _pause(stop, DRAIN_POLL_SECONDS)
                 backoff.reset()
-            except (ResponseError, *REDIS_UNREACHABLE) as exc:
+            except REDIS_FAILURES as exc:
                 await self._outlast_redis_failure(exc, backoff, stop)
         return False
 
