@@ -152,6 +152,10 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "migrate": ("database_url", "log_level", "data_dir"),
     "reconcile": (*STORE_SETTINGS, "record_retention_seconds", "data_dir"),
 }
+# short flags of a command's settings: `up --redis-cluster 3`
+SETTING_FLAG_ALIASES: dict[str, dict[str, str]] = {
+    "up": {"--redis-cluster": "redis_cluster_masters"},
+}
 
 
 class Tool(Protocol):
@@ -253,6 +257,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         subparser = subcommands.add_parser(name, help=help_text, description=help_text)
         add_setting_flags(subparser, COMMAND_SETTINGS[name])
+        for alias, setting in SETTING_FLAG_ALIASES.get(name, {}).items():
+            long_flag = "--" + setting.replace("_", "-")
+            subparser.add_argument(alias, dest=setting, default=None, help=f"= {long_flag}")
     for name, (_, help_text) in TOOLS.items():
         subparser = subcommands.add_parser(name, help=help_text, description=help_text)
         if name == chosen:

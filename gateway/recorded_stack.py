@@ -36,7 +36,17 @@ class RecordedStack:
         return KeyRing.parse(self.provider_keys).secret(self.public_key)
 
     def port_of(self, url_field: str) -> int | None:
-        return urlsplit(getattr(self, url_field)).port
+        return next(iter(self.ports_of(url_field)), None)
+
+    def ports_of(self, url_field: str) -> list[int]:
+        """The URL's ports: one, or one per host of a Redis Cluster's
+        `redis+cluster://:password@host:port,host:port,...` (urlsplit reads only one)."""
+        hosts = urlsplit(getattr(self, url_field)).netloc.rpartition("@")[2]
+        return [
+            int(port)
+            for host in hosts.split(",")
+            if (port := host.rpartition(":")[2]).isdigit() and ":" in host
+        ]
 
     def export_line(self) -> str:
         """What a shell needs for the README's curl calls and for locust, paste-ready."""

@@ -68,6 +68,12 @@ class Settings:
     redis_appendfsync: str = _setting(
         "everysec", "REDIS_APPENDFSYNC", "embedded Redis AOF fsync: everysec or always"
     )
+    redis_cluster_masters: int = _setting(
+        0,
+        "REDIS_CLUSTER_MASTERS",
+        "`up`'s embedded Redis as a Redis Cluster of this many masters (3 or more), each with"
+        " one replica; 0 = one plain Redis",
+    )
     provider_base_url: str = _setting("", "PROVIDER_BASE_URL", "the game provider's base URL")
     provider_public_key: str = _setting(
         "", "PROVIDER_PUBLIC_KEY", "our public key at the provider (launch calls)"
@@ -104,6 +110,9 @@ class Settings:
             raise ValueError(f"IDEMPOTENCY_FILTER_BITS must be between 64 and {FILTER_BITS_MAX}")
         if self.redis_appendfsync not in ("everysec", "always"):
             raise ValueError("REDIS_APPENDFSYNC must be everysec or always")
+        if self.redis_cluster_masters != 0 and self.redis_cluster_masters < 3:
+            # fewer masters cannot elect a replica: a Redis Cluster needs a majority
+            raise ValueError("REDIS_CLUSTER_MASTERS must be 0 (one Redis) or at least 3")
         if self.dev_stack:
             dev_stack_addresses(self.dev_stack)  # raises on anything but addresses
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -131,7 +140,13 @@ def dev_stack_addresses(dev_stack: str) -> list[ipaddress.IPv4Address | ipaddres
 
 # What each kind of command reads; its --help offers only these.
 STORE_SETTINGS = ("redis_url", "database_url", "redis_timeout_ms", "shards", "log_level")
-EMBEDDED_ONLY_SETTINGS = ("data_dir", "redis_server_bin", "pg_bin_dir", "redis_appendfsync")
+EMBEDDED_ONLY_SETTINGS = (
+    "data_dir",
+    "redis_server_bin",
+    "pg_bin_dir",
+    "redis_appendfsync",
+    "redis_cluster_masters",
+)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, names: Collection[str] = ()) -> None:

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 from gateway.recorded_stack import RecordedStack
 from gateway.settings import Settings
 
@@ -53,24 +53,36 @@ def ensure_credentials(settings: Settings) -> Settings:
 class EmbeddedStack:
     """The servers `up` starts when no REDIS_URL / DATABASE_URL is given, on the ports the
     last `up` of this data folder recorded while they are free (a shell that exported the
-    URLs, a client configured once, keep working across restarts)."""
+    URLs, a client configured once, keep working across restarts). With
+    REDIS_CLUSTER_MASTERS, a Redis Cluster instead of the one Redis."""
 
     def __init__(self, settings: Settings, previous: RecordedStack | None = None) -> None:
         data_dir = Path(settings.data_dir).absolute()
-        self.redis = None
+        self.redis: EmbeddedRedis | EmbeddedRedisCluster | None = None
         self.postgres = None
         credentials = (
             stored_credentials(settings.data_dir)
             if not (settings.redis_url and settings.database_url)
             else {}
         )
-        if not settings.redis_url:
+        redis_server_bin = Path(settings.redis_server_bin) if settings.redis_server_bin else None
+        if not settings.redis_url and settings.redis_cluster_masters:
+            # a folder of its own: a cluster forms only from empty nodes and splits the data
+            # by slot, so the one Redis's folder stays as it was for a switch back
+            self.redis = EmbeddedRedisCluster(
+                data_dir / "redis-cluster",
+                masters=settings.redis_cluster_masters,
+                replicas_per_master=1,
+                password=credentials["redis_password"],
+                ports=previous.ports_of("redis_url") if previous else None,
+                appendfsync=settings.redis_appendfsync,
+                redis_server_bin=redis_server_bin,
+            )
+        elif not settings.redis_url:
             self.redis = EmbeddedRedis(
                 data_dir / "redis",
                 appendfsync=settings.redis_appendfsync,
-                redis_server_bin=Path(settings.redis_server_bin)
-                if settings.redis_server_bin
-                else None,
+                redis_server_bin=redis_server_bin,
                 port=previous.port_of("redis_url") if previous else None,
                 password=credentials["redis_password"],
             )

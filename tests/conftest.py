@@ -2,6 +2,7 @@
 for every test, and a signed provider client."""
 
 import logging
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +15,7 @@ from helpers import running
 
 from gateway import clock as wall_clock
 from gateway.app import Services, create_admin_app, create_gateway_app
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 from gateway.settings import Settings
 from gateway.signing import signed_headers
 
@@ -36,12 +37,20 @@ def _root_logging_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+def redis_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmbeddedRedis | EmbeddedRedisCluster]:
     """Asks for a password, as `up`'s does (this session's own): every test that reaches it
-    does so through its URL, which carries the password."""
-    yield from running(
-        EmbeddedRedis(tmp_path_factory.mktemp("redis"), password=secrets.token_urlsafe(24))
-    )
+    does so through its URL, which carries the password. With WALLET_GATEWAY_TEST_REDIS=cluster
+    a Redis Cluster of 3 masters and 3 replicas, its URL a `redis+cluster://` one."""
+    folder = tmp_path_factory.mktemp("redis")
+    password = secrets.token_urlsafe(24)
+    if os.environ.get("WALLET_GATEWAY_TEST_REDIS") == "cluster":
+        yield from running(
+            EmbeddedRedisCluster(folder, masters=3, replicas_per_master=1, password=password)
+        )
+    else:
+        yield from running(EmbeddedRedis(folder, password=password))
 
 
 @pytest.fixture(scope="session")
