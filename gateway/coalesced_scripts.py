@@ -237,11 +237,13 @@ class CoalescedScriptCalls:
                 self._observe_batch_seconds(time.perf_counter() - started)
         if self._wait_replicas:
             acknowledged = replies.pop()
-            if acknowledged < self._wait_replicas:
+            # an error: the node is no master now (a stale slot map); its scripts were MOVED
+            if isinstance(acknowledged, Exception) or acknowledged < self._wait_replicas:
                 error = CallsNotConfirmed(
                     f"{acknowledged} of {self._wait_replicas} replicas acknowledged in time"
                 )
-                return [error] * len(batch)
+                # an error reply stays what it is (a MOVED call is sent again, with its WAIT)
+                return [reply if isinstance(reply, Exception) else error for reply in replies]
         return replies
 
 
