@@ -95,6 +95,17 @@ def without_claims(dump: dict[bytes, Any]) -> dict[bytes, Any]:
     }
 
 
+async def read_as_consumer(
+    redis: Any, group: str, consumer: str, streams: list[str], count: int | None = None
+) -> list[Any]:
+    """XREADGROUP of new entries for `consumer`, one stream at a time (a Redis Cluster refuses
+    one read of streams in several slots): [(stream, entries)] as redis-py gives them."""
+    read = []
+    for stream in streams:
+        read += await redis.xreadgroup(group, consumer, {stream: ">"}, count=count) or []
+    return read
+
+
 # A write pause holds every script while reads and CLIENT UNPAUSE still answer: the test ends
 # it when it is done. Its length only bounds a test that dies paused.
 REDIS_PAUSE_MS_MAX = 10_000

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.app import Services
 from gateway.keys import KeySpace
-from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME
+from gateway.redis_connection import GATEWAY_CLIENT_NAME, WRITER_CLIENT_NAME, client_for_url
 from gateway.settings import Settings
 from persistence import reconcile as reconcile_module
 from persistence.reconcile import reconcile, snapshot_redis
@@ -64,7 +64,7 @@ def settings(settings: Settings, database_url: str) -> Settings:
 @pytest.fixture
 async def operator_redis(settings: Settings) -> AsyncIterator[Redis]:
     """The operator's client, as `wallet-gateway restore` opens it: no gateway's client name."""
-    async with Redis.from_url(settings.redis_url, decode_responses=True) as redis:
+    async with client_for_url(settings.redis_url, decode_responses=True) as redis:
         yield redis
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from helpers import read_as_consumer
 from payloads import bet, close_round, rollback, win
 
 from gateway.app import Services
@@ -129,7 +130,7 @@ async def test_a_close_is_compared_only_once_the_bets_streams_are_written_past_i
     streams = KeySpace(services.settings.shards).all_streams()
     # another writer has taken the bets and not committed them yet
     await writer._ensure_groups()
-    await services.redis.xreadgroup(GROUP, "slow-writer", dict.fromkeys(streams, ">"))
+    await read_as_consumer(services.redis, GROUP, "slow-writer", streams)
     status, _ = await provider.post(
         "/deposit", close_round("round-3", [1_000, 2_000], ["2.35", "0"])
     )

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+from helpers import read_as_consumer
 from payloads import bet, rollback, win
 from redis.asyncio import Redis
 
@@ -329,9 +330,7 @@ async def test_streams_are_trimmed_only_below_what_was_acknowledged(
 
     await traffic.bets(players, 5, "second")
     # another consumer takes some entries and never acknowledges them
-    stalled = await services.redis.xreadgroup(
-        GROUP, "stalled", dict.fromkeys(streams, ">"), count=1
-    )
+    stalled = await read_as_consumer(services.redis, GROUP, "stalled", streams, count=1)
     stalled_ids = {(stream, entries[0][0]) for stream, entries in stalled}
     assert stalled_ids
     patient = HistoryWriter(history_settings, "patient", WriterLimits(claim_idle_ms=60_000))
@@ -434,7 +433,7 @@ async def test_redis_restart_keeps_balances_and_pending_entries_and_the_writer_r
     await traffic.bets(players, 25, "before")
     await ensure_groups(redis, streams)
     # a writer that read some entries and died before acknowledging them
-    await redis.xreadgroup(GROUP, "crashed", dict.fromkeys(streams, ">"), count=3)
+    await read_as_consumer(redis, GROUP, "crashed", streams, count=3)
 
     async def state() -> tuple[Any, ...]:
         keys = KeySpace(services.settings.shards)
