@@ -1,9 +1,12 @@
 """What many test modules check or set up the same way (imported as `from helpers import ...`,
 like payloads.py)."""
 
-from collections.abc import Iterator
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
+import asyncpg
 from redis.asyncio import Redis
 
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -121,3 +124,20 @@ async def pause_scripts(redis_url: str) -> Redis:
 async def unpause(pauser: Redis) -> None:
     await pauser.execute_command("CLIENT", "UNPAUSE")
     await pauser.aclose()
+
+
+@contextlib.asynccontextmanager
+async def empty_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A database of its own on the session's server, dropped after: its URL."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_server.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    admin = await asyncpg.connect(postgres_server.url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

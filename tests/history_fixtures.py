@@ -3,7 +3,6 @@ imported directly, so pytest rewrites its asserts): a database of its own per te
 session's real PostgreSQL, migrated; a history writer on the test's Redis."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
+from helpers import empty_database
 
 from gateway.app import Services
 from gateway.embedded import EmbeddedPostgres
@@ -26,26 +26,11 @@ DRAIN_SECONDS_MAX = 60.0
 TEST_WRITER_LIMITS = WriterLimits(block_ms=100, claim_idle_ms=500)
 
 
-def database_url_named(server: EmbeddedPostgres, name: str) -> str:
-    return server.url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture
 async def database_url(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_server.url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = database_url_named(postgres_server, name)
-    await migrate(url)
-    yield url
-    admin = await asyncpg.connect(postgres_server.url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with empty_database(postgres_server) as url:
+        await migrate(url)
+        yield url
 
 
 @pytest.fixture

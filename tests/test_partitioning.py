@@ -6,7 +6,6 @@ bring-back's lookups by id read one partition, through the id's claim, by index.
 
 import asyncio
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from helpers import empty_database
 
 from gateway.embedded import EmbeddedPostgres
 from persistence.batch import HISTORY_CONFLICT, STAGING_DDL, Entry, HistoryBatch, datetime_to_ms
@@ -165,35 +165,24 @@ async def test_two_writers_storing_one_id_in_two_months_store_one_row(
 @pytest.fixture
 async def database_url_at_005(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
     """A database of its own, migrated as far as 005 only (as `migrate` applies each file)."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_server.url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(
-            "CREATE TABLE schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration, sql in migration_files():
-            if migration >= PARTITIONED_MIGRATION:
-                break
-            async with connection.transaction():
-                await connection.execute(sql)
-                await connection.execute(
-                    "INSERT INTO schema_migrations (name) VALUES ($1)", migration
-                )
-    finally:
-        await connection.close()
-    yield url
-    admin = await asyncpg.connect(postgres_server.url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with empty_database(postgres_server) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(
+                "CREATE TABLE schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for migration, sql in migration_files():
+                if migration >= PARTITIONED_MIGRATION:
+                    break
+                async with connection.transaction():
+                    await connection.execute(sql)
+                    await connection.execute(
+                        "INSERT INTO schema_migrations (name) VALUES ($1)", migration
+                    )
+        finally:
+            await connection.close()
+        yield url
 
 
 # Rows as 001-005 stored them: 3 months of bets (one refused), a win, a rollback.
