@@ -125,6 +125,16 @@ def test_slow_and_failing_redis_leaves_the_history_writer_running(
     assert WRITER_GUARANTEE not in slow_redis.failures, explain(slow_redis)
 
 
+def test_redis_cluster_master_killed_its_replica_serves_and_no_acknowledged_call_is_lost(
+    tmp_path: Path,
+) -> None:
+    (result,) = run_short("redis-cluster-failover", tmp_path)
+    assert_money_kept(result)  # with REDIS_WAIT_REPLICAS=1: nothing acknowledged is lost
+    assert result.five_xx.get("503", 0) + result.undelivered > 0, "the failover was not felt"
+    assert result.measured["kill -9 to the replica serving, ms"] > 0
+    assert result.measured["calls acknowledged while the master was down"] > 0, explain(result)
+
+
 def test_soak_keeps_the_money_and_reports_memory_growth(tmp_path: Path) -> None:
     (result,) = run_short("soak", tmp_path)
     assert_money_kept(result)

@@ -1,6 +1,6 @@
-"""A stack of the suite's own in which every process can be killed by its pid: embedded Redis and
-PostgreSQL in a temporary folder, `wallet-gateway serve --workers N` and the history writer as
-child processes, all on loopback.
+"""A stack of the suite's own in which every process can be killed by its pid: embedded Redis (or
+a Redis Cluster) and PostgreSQL in a temporary folder, `wallet-gateway serve --workers N` and the
+history writer as child processes, all on loopback.
 
 The process plumbing (the children's environment, readiness) is the bench's
 (loadtests/bench.py): the suite drives the same processes the bench measures.
@@ -17,7 +17,13 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded import POSTMASTER_PID_LINE, EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.embedded import (
+    POSTMASTER_PID_LINE,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    free_port,
+)
 from gateway.keys import KeySpace
 from gateway.metrics import MULTIPROCESS_DIR_ENV
 from gateway.settings import Settings
@@ -36,8 +42,8 @@ SPAWNED_WORKER_MARK = b"spawn_main"
 
 
 class FaultStack:
-    """Start it, hurt it (kill -9 a gateway worker, the writer, Redis, PostgreSQL), start the
-    part again, and stop it all at the end (`close`)."""
+    """Start it, hurt it (kill -9 a gateway worker, the writer, Redis, a cluster master,
+    PostgreSQL), start the part again, and stop it all at the end (`close`)."""
 
     def __init__(
         self,
@@ -48,17 +54,30 @@ class FaultStack:
         redis_timeout_ms: int = 1000,
         client_timeout_seconds: int = 15,
         writer_args: tuple[str, ...] = (),
+        cluster_masters: int = 0,
+        wait_replicas: int = 0,
     ) -> None:
+        """`cluster_masters` > 0: a Redis Cluster of that many masters, one replica each,
+        instead of the one Redis; `wait_replicas`: the gateway's REDIS_WAIT_REPLICAS."""
         self.root = root
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.workers = workers
-        self.redis = EmbeddedRedis(root / "redis", appendfsync=appendfsync)
+        self.cluster = (
+            EmbeddedRedisCluster(
+                root / "redis-cluster", masters=cluster_masters, appendfsync=appendfsync
+            )
+            if cluster_masters
+            else None
+        )
+        self._redis = (
+            None if self.cluster else EmbeddedRedis(root / "redis", appendfsync=appendfsync)
+        )
         # durable as in production: with fast_unsafe (synchronous_commit off) a kill -9 of
         # PostgreSQL lost the last commits the writer had already acknowledged in Redis
         self.postgres = EmbeddedPostgres(root / "postgres")
         self.settings = Settings(
-            redis_url=self.redis.url,
+            redis_url=self.redis_server.url,
             database_url=self.postgres.url,
             data_dir=str(root),
             provider_keys=FAULTS_PROVIDER_KEYS,
@@ -68,6 +87,7 @@ class FaultStack:
             redis_timeout_ms=redis_timeout_ms,
             client_timeout_seconds=client_timeout_seconds,
             redis_appendfsync=appendfsync,
+            redis_wait_replicas=wait_replicas,
         )
         self.writer_args = writer_args
         self.keys = KeySpace(self.settings.shards)
@@ -92,10 +112,21 @@ class FaultStack:
     def redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=10)
 
+    # below redis_client: in the class body from here on, `redis` names this property
+    @property
+    def redis(self) -> EmbeddedRedis:
+        """The one Redis (the scenarios that kill, pause or replicate it run no cluster)."""
+        assert self._redis is not None, "this stack runs a Redis Cluster"
+        return self._redis
+
+    @property
+    def redis_server(self) -> EmbeddedRedis | EmbeddedRedisCluster:
+        return self.cluster or self.redis
+
     # --- the whole stack ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.redis.start()
+        self.redis_server.start()
         self.postgres.start()
         asyncio.run(migrate(self.postgres.url))
         self.start_writer()
@@ -109,13 +140,12 @@ class FaultStack:
         self.kill_orphaned_workers()
         self.gateway = self.writer = None
         self.postgres.stop()
-        self.redis.stop()
+        self.redis_server.stop()
 
-    def _redis_running(self) -> bool:
-        try:
-            return self.redis.pid > 0
-        except AssertionError:
-            return False
+    def redis_pids(self) -> list[int]:
+        if self.cluster is not None:
+            return self.cluster.pids
+        return [self.redis.pid] if self.redis.running else []
 
     # --- the gateway ----------------------------------------------------------------------------
 
@@ -124,6 +154,7 @@ class FaultStack:
         env = child_env(
             self.settings,
             REDIS_TIMEOUT_MS=str(self.settings.redis_timeout_ms),
+            REDIS_WAIT_REPLICAS=str(self.settings.redis_wait_replicas),
             CLIENT_TIMEOUT_SECONDS=str(self.settings.client_timeout_seconds),
         )
         env.pop(MULTIPROCESS_DIR_ENV, None)  # the serve process makes its own
@@ -216,14 +247,39 @@ class FaultStack:
 
     # --- Redis and PostgreSQL -------------------------------------------------------------------
 
-    def kill_redis(self) -> None:
-        """SIGKILL: no shutdown, no last fsync; only what the AOF holds survives."""
-        os.kill(self.redis.pid, signal.SIGKILL)
-        self.redis.stop()  # reaps the dead process; nothing to signal any more
+    def kill_redis(self, node: EmbeddedRedis | None = None) -> None:
+        """SIGKILL the one Redis, or `node` of the cluster: no shutdown, no last fsync; only
+        what the AOF holds survives."""
+        node = node or self.redis
+        os.kill(node.pid, signal.SIGKILL)
+        node.stop()  # reaps the dead process; nothing to signal any more
 
-    def start_redis(self) -> None:
-        """Same port and folder: Redis replays its AOF before it answers."""
-        self.redis.start()
+    def start_redis(self, node: EmbeddedRedis | None = None) -> None:
+        """Same port and folder: Redis replays its AOF before it answers. A cluster node
+        rejoins its cluster (a killed master, failed over meanwhile, as a replica)."""
+        (node or self.redis).start()
+        if self.cluster is not None:
+            self.cluster.wait_until_healthy()
+
+    def kill_cluster_master(self, key: str) -> tuple[EmbeddedRedis, list[EmbeddedRedis]]:
+        """SIGKILL the master serving `key`. -> it, and the replicas one of which takes over."""
+        assert self.cluster is not None, "this stack runs no Redis Cluster"
+        master, replicas = self.cluster.serving(key)
+        self.kill_redis(master)
+        return master, replicas
+
+    def wait_for_promotion(
+        self, key: str, killed: EmbeddedRedis, seconds_max: float = STOP_SECONDS_MAX * 2
+    ) -> EmbeddedRedis:
+        """Until a node other than `killed` serves `key` (its replica, promoted). -> that node."""
+        assert self.cluster is not None, "this stack runs no Redis Cluster"
+        deadline = time.monotonic() + seconds_max
+        while time.monotonic() < deadline:
+            master, _ = self.cluster.serving(key)
+            if master is not killed:
+                return master
+            time.sleep(0.05)
+        raise RuntimeError(f"no replica took over {key} in {seconds_max:.0f} s")
 
     def postmaster_pid(self) -> int:
         lines = (self.postgres.pgdata_dir / "postmaster.pid").read_text().splitlines()
@@ -255,7 +311,7 @@ class FaultStack:
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory of the gateway (its workers included), Redis and the writer."""
-        sizes = {"redis": _rss(self.redis.pid) if self._redis_running() else 0}
+        sizes = {"redis": sum(_rss(pid) for pid in self.redis_pids())}
         if self.gateway is not None:
             pids = [self.gateway.pid, *_children(self.gateway.pid)]
             sizes["gateway"] = sum(_rss(pid) for pid in pids)
