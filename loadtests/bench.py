@@ -15,19 +15,25 @@ measured each row:
 4. new bets by wrk for each further gateway process count (`--workers 1,2`);
 5. Redis's own ceiling for new bets: each bet's Redis commands as the gateway sends them (its
    claim, its round's close read, the withdraw script, the session index's refresh; recorded
-   by loadtests/wrk_bodies.py), sent straight to Redis on pipelined connections;
+   by loadtests/wrk_bodies.py), sent straight to Redis on pipelined connections, each command
+   to the master serving its key's slot (one Redis: the one master of every slot);
 and for every phase the CPU seconds each process used (gateway or empty handler, Redis, writer,
-PostgreSQL, load tool; loadtests/process_cpu.py), per 1,000 requests. Then it waits for the
-history writer, runs reconcile, checks the money, and writes `report.json`, `report.md` and
-`report.png` (the locust phases' throughput and latency over time).
+PostgreSQL, load tool; loadtests/process_cpu.py), per 1,000 requests, Redis's INFO
+commandstats and its used_memory (both added up over the masters). After the phases it reads
+what one idempotency record of a new bet holds (MEMORY USAGE of a sample). Then it waits for
+the history writer, runs reconcile, checks the money, and writes `report.json`, `report.md`
+and `report.png` (the locust phases' throughput and latency over time).
 
-It starts its own Redis and PostgreSQL (the embedded servers of `up`) unless given URLs, and
-only ever sends traffic to 127.0.0.1.
+It starts its own Redis (or, with `--redis-cluster N`, a Redis Cluster of N masters and N
+replicas, as `up --redis-cluster N` does) and PostgreSQL, unless given URLs, and only ever
+sends traffic to 127.0.0.1. The CPU table's Redis row is every Redis process: a cluster's
+replicas included, its masters alone in a row of their own.
 """
 
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import math
 import os
@@ -41,21 +47,30 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from gateway.embedded import POSTMASTER_PID_LINE, free_port
-from gateway.redis_connection import connect_background_redis, run_with_redis
+from gateway.embedded import POSTMASTER_PID_LINE, EmbeddedRedisCluster, free_port
+from gateway.keys import PREFIX as KEY_PREFIX
+from gateway.keys import KeySpace
+from gateway.redis_connection import (
+    client_for_url,
+    connect_background_redis,
+    is_cluster_url,
+    run_with_redis,
+)
 from gateway.settings import Settings
 from gateway.signing import KeyRing
 from gateway.stack import EmbeddedStack
 from loadtests.process_cpu import CpuMeter, reap
-from loadtests.wrk_bodies import NewBets, bet_commands, new_players
+from loadtests.wrk_bodies import TX_ID_PREFIX, Command, NewBets, bet_commands, new_players
 from persistence.reconcile import reconcile
 from persistence.schema import migrate
 from persistence.streams import WriterLag, read_lag
@@ -101,6 +116,11 @@ REDIS_CALLS_MAX = 300_000
 REDIS_CONNECTIONS = 2
 REDIS_PIPELINE_DEPTH = 64
 SCRIPT_OK = b"OK"
+# MEMORY USAGE of this many of the bench's idempotency records (tx hash and owner key each)
+MEMORY_SAMPLE_RECORDS = 200
+SCAN_COUNT = 1000
+TX_KEY_INFIX = ":tx:"  # KeySpace.tx: w:{shard}:tx:ID, the first ":tx:" in the key
+T = TypeVar("T")
 REDIS_COMMAND_SHARE_MIN = 0.01  # the Redis commands table leaves out the smaller ones
 
 EMPTY_HANDLER, GATEWAY, REDIS = "empty handler", "gateway", "Redis"
@@ -110,6 +130,18 @@ WITHDRAW_LOAD = "new bets' Redis commands"
 # the CPU table's rows: the server (gateway or empty handler), the stack, the load tool
 SERVER, WRITER, POSTGRES, LOAD_TOOL = "server", "writer", "PostgreSQL", "load tool"
 CPU_ROWS = (SERVER, REDIS, WRITER, POSTGRES, LOAD_TOOL)
+# a cluster's masters alone: part of the Redis row, so never added to a column's total
+REDIS_MASTERS = "Redis masters"
+# the loads of new bets only (to the gateway, or straight to Redis: not the empty handler's
+# wrk phases, which send the same bets): what Redis memory per new bet is measured over
+NEW_BET_LOADS = (WRK_LOAD, NEW_BETS_CLASS, WITHDRAW_LOAD)
+# Redis memory readings: used_memory, and in it what is not per bet: the seen-id filters
+# (allocated whole by a shard's first id), the event streams (drained by the writer) and
+# buffers (clients', replicas' and the AOF's, INFO memory's fields of BUFFER_FIELDS)
+USED_MEMORY, SEEN_FILTERS, EVENT_STREAMS = "used_memory", "seen-id filters", "event streams"
+BUFFERS = "buffers"
+BUFFER_FIELDS = ("mem_clients_normal", "mem_clients_slaves", "mem_aof_buffer")
+NOT_PER_BET = (SEEN_FILTERS, EVENT_STREAMS, BUFFERS)
 
 
 @dataclass
@@ -130,6 +162,8 @@ class PhaseResult:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     # Redis INFO commandstats over the same span: command -> calls and microseconds
     redis_commands: dict[str, dict[str, int]] = field(default_factory=dict)
+    # what the Redis memory readings grew by over the same span, bytes (masters)
+    redis_memory: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> dict[str, float]:
@@ -147,8 +181,23 @@ class PhaseResult:
 
 
 @dataclass
+class RecordMemory:
+    """What one idempotency record of a new bet holds in Redis (MEMORY USAGE of a sample of
+    the bench's own bets' records, on the masters), and the seen-id filters, fixed per shard."""
+
+    sampled: int = 0
+    tx_hash_bytes: float = 0.0  # w:{shard}:tx:ID, in the player's slot
+    owner_key_bytes: float = 0.0  # w:{shard}:owner:ID, in the tx id's slot
+    filter_bytes_per_shard: int = 0  # IDEMPOTENCY_FILTER_BITS / 8
+    shards: int = 0
+    filters_measured_bytes: int = 0  # MEMORY USAGE of every shard's filter
+    used_memory_end_bytes: int = 0  # the masters' used_memory after the phases
+
+
+@dataclass
 class BenchReport:
     machine: str
+    redis_cluster_masters: int = 0  # 0: one Redis
     # why wrk did not measure the headline ("" when it did)
     wrk_missing: str = ""
     phases: list[PhaseResult] = field(default_factory=list)
@@ -161,6 +210,7 @@ class BenchReport:
     balances_redis_total: int = 0
     balances_history_total: int = 0
     lag_timeline: list[dict[str, float]] = field(default_factory=list)
+    record_memory: RecordMemory = field(default_factory=RecordMemory)
 
     @property
     def money_check_passed(self) -> bool:
@@ -212,6 +262,21 @@ class BenchReport:
 
     def redis_ceiling(self) -> PhaseResult | None:
         return next((phase for phase in self.phases if phase.server == REDIS), None)
+
+    def memory_per_new_bet(self) -> tuple[float, int]:
+        """(bytes, new bets): what the masters' used_memory grew by per new bet applied, over
+        the phases that apply only new bets, less what grew that is not per bet (NOT_PER_BET)."""
+        phases = [
+            p
+            for p in self.phases
+            if p.load in NEW_BET_LOADS and p.server != EMPTY_HANDLER and p.redis_memory
+        ]
+        bets = sum(phase.answered for phase in phases)
+        grown = sum(
+            phase.redis_memory[USED_MEMORY] - sum(phase.redis_memory[key] for key in NOT_PER_BET)
+            for phase in phases
+        )
+        return (grown / bets if bets else 0.0), int(bets)
 
     def per_thousand(
         self, amounts: Callable[[PhaseResult], dict[str, float]]
@@ -316,29 +381,134 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def stack_roots(stack: EmbeddedStack, writer_pid: int) -> dict[str, int]:
+def stack_roots(stack: EmbeddedStack, writer_pid: int) -> dict[str, tuple[int, ...]]:
     """The processes measured in every phase besides the server: the embedded servers (an
-    external one is not measured) and the history writer."""
-    roots = {WRITER: writer_pid}
-    if stack.redis is not None:
-        roots[REDIS] = stack.redis.pid
+    external one is not measured) and the history writer. A cluster's Redis is every node
+    (a replica applies every write and appends it to its own AOF too), and its masters alone
+    are a row of their own."""
+    roots = {WRITER: (writer_pid,)}
+    if isinstance(stack.redis, EmbeddedRedisCluster):
+        roots[REDIS] = tuple(stack.redis.pids)
+        roots[REDIS_MASTERS] = tuple(node.pid for node in stack.redis.nodes[: stack.redis.masters])
+    elif stack.redis is not None:
+        roots[REDIS] = (stack.redis.pid,)
     if stack.postgres is not None:
         postmaster_pid = (stack.postgres.pgdata_dir / "postmaster.pid").read_text().splitlines()
-        roots[POSTGRES] = int(postmaster_pid[POSTMASTER_PID_LINE])
+        roots[POSTGRES] = (int(postmaster_pid[POSTMASTER_PID_LINE]),)
     return roots
 
 
-def redis_command_stats(redis_url: str) -> dict[str, dict[str, int]]:
-    """INFO commandstats: command -> calls and microseconds so far."""
-    client = redis.Redis.from_url(redis_url)
+@dataclass(frozen=True)
+class RedisMasters:
+    """The masters the bench reads and sends to, and which serves each slot: one Redis is the
+    one master of every slot, so both run the same code."""
+
+    urls: tuple[str, ...]  # redis:// of each master alone
+    slot_master: tuple[int, ...]  # slot -> index in `urls`
+
+    def master_of(self, key: str | bytes) -> int:
+        return self.slot_master[key_slot(key.encode() if isinstance(key, str) else key)]
+
+    def clients(self) -> list[redis.Redis]:
+        return [redis.Redis.from_url(url) for url in self.urls]
+
+    def each(self, work: Callable[[redis.Redis], T]) -> list[T]:
+        """`work(client)` on every master, in turn. -> its results, master by master."""
+        results: list[T] = []
+        for client in self.clients():
+            try:
+                results.append(work(client))
+            finally:
+                client.close()
+        return results
+
+
+def redis_masters(redis_url: str) -> RedisMasters:
+    """One Redis, or the masters of the cluster `redis_url` names and their slots, as the
+    gateway's own cluster client discovers them (the bench starts no failover: they stay)."""
+    if not is_cluster_url(redis_url):
+        return RedisMasters((redis_url,), (0,) * REDIS_CLUSTER_HASH_SLOTS)
+
+    async def discover() -> RedisMasters:
+        async with client_for_url(redis_url) as cluster:
+            await cluster.initialize()
+            masters = cluster.get_primaries()
+            index = {node.name: number for number, node in enumerate(masters)}
+            slots = cluster.nodes_manager.slots_cache
+            # the cluster URL's credentials are every node's
+            credentials = redis_url.partition("://")[2].rpartition("@")[0]
+            return RedisMasters(
+                tuple(f"redis://{credentials}@{node.host}:{node.port}/0" for node in masters),
+                tuple(index[slots[slot][0].name] for slot in range(REDIS_CLUSTER_HASH_SLOTS)),
+            )
+
+    return asyncio.run(discover())
+
+
+def redis_command_stats(masters: RedisMasters) -> dict[str, dict[str, int]]:
+    """INFO commandstats, added up over the masters: command -> calls and microseconds so far."""
+    summed: dict[str, Counter[str]] = {}
+    for stats in masters.each(lambda client: client.info("commandstats")):
+        for name, entry in stats.items():
+            summed.setdefault(name.removeprefix("cmdstat_"), Counter()).update(
+                calls=int(entry["calls"]), usec=int(entry["usec"])
+            )
+    return {command: dict(stats) for command, stats in summed.items()}
+
+
+def memory_usage(masters: RedisMasters, keys: Sequence[str]) -> list[int]:
+    """MEMORY USAGE (every element counted) of each key, on the master serving it; 0 for a key
+    that does not exist."""
+    clients = masters.clients()
     try:
-        stats = client.info("commandstats")
+        return [clients[masters.master_of(key)].memory_usage(key, samples=0) or 0 for key in keys]
     finally:
-        client.close()
+        for client in clients:
+            client.close()
+
+
+def redis_memory(masters: RedisMasters, shards: int) -> dict[str, int]:
+    """used_memory added up over the masters, and in it the buffers, the seen-id filters and
+    the event streams, bytes."""
+    key_space = KeySpace(shards)
+    infos = masters.each(lambda client: client.info("memory"))
     return {
-        name.removeprefix("cmdstat_"): {"calls": int(entry["calls"]), "usec": int(entry["usec"])}
-        for name, entry in stats.items()
+        USED_MEMORY: sum(info["used_memory"] for info in infos),
+        BUFFERS: sum(info[field] for info in infos for field in BUFFER_FIELDS),
+        SEEN_FILTERS: sum(memory_usage(masters, [key_space.seen_filter(s) for s in range(shards)])),
+        EVENT_STREAMS: sum(memory_usage(masters, key_space.all_streams())),
     }
+
+
+def record_memory(masters: RedisMasters, settings: Settings) -> RecordMemory:
+    """MEMORY USAGE of up to MEMORY_SAMPLE_RECORDS of the bench's new bets' records (tx ids
+    `wrk-...`, loadtests/wrk_bodies.py), spread over the masters: each tx hash and the owner
+    key of the same id (in the id's own slot, maybe on another master)."""
+    per_master = math.ceil(MEMORY_SAMPLE_RECORDS / len(masters.urls))
+    pattern = f"{KEY_PREFIX}:*{TX_KEY_INFIX}{TX_ID_PREFIX}*"  # KeySpace.tx of any shard
+    tx_keys = [
+        key.decode()
+        for keys in masters.each(
+            lambda client: list(
+                itertools.islice(client.scan_iter(match=pattern, count=SCAN_COUNT), per_master)
+            )
+        )
+        for key in keys
+    ]
+    key_space = KeySpace(settings.shards)
+    tx_ids = [key.partition(TX_KEY_INFIX)[2] for key in tx_keys]
+    owner_keys = [key_space.tx_owner(key_space.shard(tx_id), tx_id) for tx_id in tx_ids]
+    filters = [key_space.seen_filter(shard) for shard in range(settings.shards)]
+    tx_bytes, owner_bytes = memory_usage(masters, tx_keys), memory_usage(masters, owner_keys)
+    return RecordMemory(
+        sampled=len(tx_keys),
+        tx_hash_bytes=statistics.fmean(tx_bytes) if tx_bytes else 0.0,
+        owner_key_bytes=statistics.fmean(owner_bytes) if owner_bytes else 0.0,
+        filter_bytes_per_shard=settings.idempotency_filter_bits // 8,
+        shards=settings.shards,
+        filters_measured_bytes=sum(memory_usage(masters, filters)),
+        used_memory_end_bytes=redis_memory(masters, settings.shards)[USED_MEMORY],
+    )
 
 
 def command_stats_delta(
@@ -517,75 +687,99 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 # --- Redis's own ceiling --------------------------------------------------------------------
 
 
-def packed_bets(bets: NewBets, count: int, settings: Settings) -> tuple[list[bytes], int, int]:
-    """`count` new bets as the gateway's own Redis commands, each bet's packed together; the
-    scripts are loaded into Redis here (the sources may have changed since the gateway
-    started). -> (the bets, replies per bet, which reply is the money script's)."""
+@dataclass(frozen=True, slots=True)
+class NodeCommands:
+    """A bet's commands for one master, packed together, and what to read back."""
+
+    packed: bytes
+    replies: int
+    money_reply: int | None  # which of the replies is the money script's, if it went here
+
+
+# a bet's commands by master (the index of RedisMasters.urls)
+PackedBet = tuple[NodeCommands, ...]
+
+
+def command_key(command: tuple[Any, ...]) -> str:
+    """The key a command is routed by: EVALSHA sha numkeys KEY ... (every key of a script is
+    in one slot), or GET / PEXPIRE KEY ...."""
+    return command[3] if command[0] == "EVALSHA" else command[1]
+
+
+def pack_bet(bet: list[Command], packer: redis.Connection, masters: RedisMasters) -> PackedBet:
+    """One bet's commands, each packed for the master serving its key, in the gateway's order."""
+    money = max(n for n, (script, _) in enumerate(bet) if script)  # the claim comes first
+    commands: list[list[bytes]] = [[] for _ in masters.urls]
+    money_reply: list[int | None] = [None] * len(masters.urls)
+    for number, (_, command) in enumerate(bet):
+        node = masters.master_of(command_key(command))
+        if number == money:
+            money_reply[node] = len(commands[node])
+        commands[node].append(b"".join(packer.pack_command(*command)))
+    return tuple(
+        NodeCommands(b"".join(packed), len(packed), money)
+        for packed, money in zip(commands, money_reply, strict=True)
+    )
+
+
+def packed_bets(
+    bets: NewBets, count: int, settings: Settings, masters: RedisMasters
+) -> list[PackedBet]:
+    """`count` new bets as the gateway's own Redis commands, packed by master; the scripts
+    are loaded into every master here (the sources may have changed since the gateway
+    started)."""
     packer = redis.Connection()  # packs only; never connects
     per_bet = asyncio.run(bet_commands(bets.bodies(count), settings))
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        for source in {script.script for bet in per_bet for script, _ in bet if script}:
-            client.script_load(source)
-    finally:
-        client.close()
-    # the claim's script comes first, the money script after it
-    money_reply = max(n for n, (script, _) in enumerate(per_bet[0]) if script)
-    packed = [
-        b"".join(b"".join(packer.pack_command(*command)) for _, command in bet) for bet in per_bet
-    ]
-    return packed, len(per_bet[0]), money_reply
+    sources = {script.script for bet in per_bet for script, _ in bet if script}
+    masters.each(lambda client: [client.script_load(source) for source in sources])
+    return [pack_bet(bet, packer, masters) for bet in per_bet]
 
 
-def send_pipelined(
-    redis_url: str, bets: list[bytes], replies: int, money_reply: int
-) -> Counter[str]:
-    """Send `bets` on one connection, REDIS_PIPELINE_DEPTH at a time; each has `replies`
-    replies, of which the `money_reply`th is its script's. -> the outcomes other than OK."""
+def send_pipelined(node_urls: Sequence[str], bets: list[PackedBet]) -> Counter[str]:
+    """Send `bets` REDIS_PIPELINE_DEPTH at a time on one connection per master, each its
+    share of the batch (the masters work on theirs side by side), then read each master's
+    replies. -> the money scripts' outcomes other than OK."""
     failures: Counter[str] = Counter()
-    client = redis.Redis.from_url(redis_url)
-    connection = client.connection_pool.get_connection()
+    clients = [redis.Redis.from_url(url) for url in node_urls]
+    connections = [client.connection_pool.get_connection() for client in clients]
     try:
         for start in range(0, len(bets), REDIS_PIPELINE_DEPTH):
             batch = bets[start : start + REDIS_PIPELINE_DEPTH]
-            connection.send_packed_command([b"".join(batch)])
-            for _ in range(len(batch)):
-                answers = []
-                for _ in range(replies):
-                    try:
-                        answers.append(connection.read_response())
-                    except redis.ResponseError as exc:
-                        answers.append([type(exc).__name__.encode()])
-                outcome = answers[money_reply][0]
-                if outcome != SCRIPT_OK:
-                    failures[f"outcome {outcome.decode()}"] += 1
+            for node, connection in enumerate(connections):
+                packed = b"".join(bet[node].packed for bet in batch)
+                if packed:
+                    connection.send_packed_command([packed])
+            for node, connection in enumerate(connections):
+                for bet in batch:
+                    for reply in range(bet[node].replies):
+                        try:
+                            answer = connection.read_response()
+                        except redis.ResponseError as exc:
+                            answer = [type(exc).__name__.encode()]
+                        if reply == bet[node].money_reply and answer[0] != SCRIPT_OK:
+                            failures[f"outcome {answer[0].decode()}"] += 1
     finally:
-        client.connection_pool.release(connection)
-        client.close()
+        for client, connection in zip(clients, connections, strict=True):
+            client.connection_pool.release(connection)
+            client.close()
     return failures
 
 
-def run_redis_ceiling(
-    phase: PhaseResult, redis_url: str, bets: tuple[list[bytes], int, int]
-) -> float:
-    """The bets' commands over `phase.users` connections, each a thread of this process, flat
-    out. -> the CPU seconds this process used meanwhile (the load tool's)."""
-    packed, replies, money_reply = bets
-    shares = [packed[n :: phase.users] for n in range(phase.users)]
+def run_redis_ceiling(phase: PhaseResult, masters: RedisMasters, bets: list[PackedBet]) -> float:
+    """The bets' commands from `phase.users` threads of this process, each with a connection
+    per master, flat out. -> the CPU seconds this process used meanwhile (the load tool's)."""
+    shares = [bets[n :: phase.users] for n in range(phase.users)]
     cpu_started, started = time.process_time(), time.monotonic()
     with ThreadPoolExecutor(phase.users) as senders:
         failures = sum(
-            senders.map(
-                lambda share: send_pipelined(redis_url, share, replies, money_reply), shares
-            ),
-            Counter(),
+            senders.map(lambda share: send_pipelined(masters.urls, share), shares), Counter()
         )
     elapsed = time.monotonic() - started
     phase.endpoints = {
         "Aggregated": {
-            "requests": len(packed),
+            "requests": len(bets),
             "failures": failures.total(),
-            "rps": len(packed) / elapsed,
+            "rps": len(bets) / elapsed,
         }
     }
     phase.failures = dict(failures)
@@ -684,7 +878,7 @@ class Bench:
         settings: Settings,
         report: BenchReport,
         lag: "LagSampler",
-        roots: dict[str, int],
+        roots: dict[str, tuple[int, ...]],
         empty_handler: Server,
     ) -> None:
         self.args = args
@@ -692,6 +886,7 @@ class Bench:
         self.report = report
         self.lag = lag
         self.roots = roots  # the processes measured besides the server
+        self.masters = redis_masters(settings.redis_url)
         self.servers = {EMPTY_HANDLER: empty_handler}
         self.out_dir = Path(args.out).absolute()
         self.admin_url = f"http://{LOOPBACK}:{settings.admin_port}"
@@ -727,14 +922,17 @@ class Bench:
         server = self.servers.get(phase.server)
         meter = CpuMeter(self.roots if server is None else {SERVER: server.pid, **self.roots})
         announce(phase)
-        commands_started = redis_command_stats(self.settings.redis_url)
+        commands_started = redis_command_stats(self.masters)
+        memory_started = redis_memory(self.masters, self.settings.shards)
         meter.start()
         load_tool_seconds = drive(phase)
         self.lag.wait_until_caught_up(WRITER_CATCH_UP_SECONDS_MAX)
         phase.cpu_seconds = {**meter.stop(), LOAD_TOOL: load_tool_seconds}
         phase.redis_commands = command_stats_delta(
-            commands_started, redis_command_stats(self.settings.redis_url)
+            commands_started, redis_command_stats(self.masters)
         )
+        memory_ended = redis_memory(self.masters, self.settings.shards)
+        phase.redis_memory = {key: memory_ended[key] - memory_started[key] for key in memory_ended}
         self.report.phases.append(phase)
         print_outcome(phase)
 
@@ -808,7 +1006,7 @@ class Bench:
         best = max(p.total["rps"] for p in self.report.phases if p.server == GATEWAY)
         count = min(REDIS_CALLS_MAX, math.ceil(best * REDIS_HEADROOM * self.args.duration_seconds))
         print(f"[bench] preparing {count} new bets' Redis commands", flush=True)
-        commands = packed_bets(self.bets, count, self.settings)
+        commands = packed_bets(self.bets, count, self.settings, self.masters)
         phase = PhaseResult(
             "redis-new-bets",
             PIPELINED_COMMANDS,
@@ -818,9 +1016,7 @@ class Bench:
             REDIS_CONNECTIONS,
             self.args.duration_seconds,
         )
-        self.measure(
-            phase, lambda phase: run_redis_ceiling(phase, self.settings.redis_url, commands)
-        )
+        self.measure(phase, lambda phase: run_redis_ceiling(phase, self.masters, commands))
 
     def run_phases(self) -> None:
         args = self.args
@@ -862,11 +1058,14 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
         admin_token=BENCH_ADMIN_TOKEN,
         gateway_port=free_port(),
         admin_port=free_port(),
+        redis_cluster_masters=args.redis_cluster,
     )
     stack = EmbeddedStack(settings)
     report = BenchReport(
-        machine=f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, Redis AOF "
-        f"appendfsync {settings.redis_appendfsync}",
+        machine=f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{redis_described(settings, os.cpu_count() or 1)}, Redis AOF appendfsync "
+        f"{settings.redis_appendfsync}",
+        redis_cluster_masters=settings.redis_cluster_masters if not args.redis_url else 0,
         wrk_missing=wrk_missing(),
     )
     settings = stack.start(settings)
@@ -892,6 +1091,7 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
                 Server(f"http://{LOOPBACK}:{port}", empty_process.pid),
             )
             bench.run_phases()
+            report.record_memory = record_memory(bench.masters, settings)
             print("[bench] waiting for the history writer, then reconciling", flush=True)
             outcome = asyncio.run(run_with_redis(settings, reconcile))
         report.reconcile_agrees = outcome.agrees
@@ -909,6 +1109,18 @@ def run_bench(args: argparse.Namespace) -> BenchReport:
     return report
 
 
+def redis_described(settings: Settings, cores: int) -> str:
+    if settings.redis_url:
+        return "Redis Cluster (external)" if is_cluster_url(settings.redis_url) else "Redis"
+    masters = settings.redis_cluster_masters
+    if not masters:
+        return "one embedded Redis"
+    return (
+        f"an embedded Redis Cluster of {masters} masters and {masters} replicas, every node on "
+        f"this machine, sharing its {cores} cores with the rest of the stack"
+    )
+
+
 # --- the report -----------------------------------------------------------------------------
 
 
@@ -916,6 +1128,7 @@ def write_report(report: BenchReport, out_dir: Path) -> None:
     data = asdict(report)
     data["ratios_to_empty_handler"] = report.ratios()
     data["cpu_seconds_per_1000_requests"] = report.cpu_per_thousand()
+    data["redis_bytes_per_new_bet"], data["redis_memory_new_bets"] = report.memory_per_new_bet()
     data["money_check_passed"] = report.money_check_passed
     (out_dir / "report.json").write_text(json.dumps(data, indent=2))
     (out_dir / "report.md").write_text(render_markdown(report))
@@ -1012,16 +1225,24 @@ def render_cpu_table(report: BenchReport) -> list[str]:
     ]
     labels = {
         SERVER: "server: the gateway (its workers included), or the empty handler",
-        REDIS: "Redis",
+        REDIS: "Redis, every node: masters and replicas"
+        if report.redis_cluster_masters
+        else "Redis",
+        REDIS_MASTERS: "of which the Redis masters",
         WRITER: "writer",
         POSTGRES: "PostgreSQL (postmaster and backends)",
         LOAD_TOOL: "load tool (wrk without loading its bets; locust with its start-up; the "
         "bench's client for Redis)",
     }
-    for row in CPU_ROWS:
+    measured = {row for column in per_thousand.values() for row in column}
+    rows = (SERVER, REDIS, REDIS_MASTERS, WRITER, POSTGRES, LOAD_TOOL)
+    for row in (row for row in rows if row in CPU_ROWS or row in measured):
         cells = [f"{column[row]:.3f}" if row in column else "-" for column in per_thousand.values()]
         lines.append(f"| {labels[row]} | " + " | ".join(cells) + " |")
-    totals = [f"{sum(column.values()):.3f}" for column in per_thousand.values()]
+    # the masters are in the Redis row already
+    totals = [
+        f"{sum(column.get(row, 0.0) for row in CPU_ROWS):.3f}" for column in per_thousand.values()
+    ]
     lines.append("| total | " + " | ".join(totals) + " |")
     return lines
 
@@ -1047,12 +1268,47 @@ def render_redis_commands(report: BenchReport) -> list[str]:
     for command in commands:
         cells = [f"{column.get(command, 0.0) / 1000:.1f}" for column in per_thousand.values()]
         lines.append(f"| {command} | " + " | ".join(cells) + " |")
+    # commandstats are the masters': next to their CPU (one Redis: the one process)
+    row = REDIS_MASTERS if report.redis_cluster_masters else REDIS
     whole = [
-        f"{cpu[group][REDIS] * 1000:.1f}" if REDIS in cpu.get(group, {}) else "-"
+        f"{cpu[group][row] * 1000:.1f}" if row in cpu.get(group, {}) else "-"
         for group in per_thousand
     ]
-    lines.append("| the Redis process (/proc) | " + " | ".join(whole) + " |")
+    label = "the masters' processes" if report.redis_cluster_masters else "the Redis process"
+    lines.append(f"| {label} (/proc) | " + " | ".join(whole) + " |")
     return lines
+
+
+def render_memory(report: BenchReport) -> list[str]:
+    """Redis memory per new bet and per idempotency record, and the seen-id filters."""
+    per_bet, bets = report.memory_per_new_bet()
+    records = report.record_memory
+    where = (
+        f"the {report.redis_cluster_masters} masters added up; each replica holds its "
+        "master's data again"
+        if report.redis_cluster_masters
+        else "the one Redis"
+    )
+    filters_mib = records.filter_bytes_per_shard * records.shards / 2**20
+    return [
+        f"Bytes of Redis memory ({where}):",
+        "",
+        "| what | bytes | measured how |",
+        "|---|---|---|",
+        f"| per new bet applied | {per_bet:.0f} | INFO memory used_memory before and after "
+        f"each phase of new bets only ({bets} bets), less what the seen-id filters, event "
+        "streams and buffers grew by |",
+        f"| one idempotency record: the tx hash | {records.tx_hash_bytes:.0f} | MEMORY USAGE, "
+        f"mean of {records.sampled} of the bench's bets |",
+        f"| one idempotency record: the owner key | {records.owner_key_bytes:.0f} | the same "
+        "bets' |",
+        f"| one idempotency record: both | {records.tx_hash_bytes + records.owner_key_bytes:.0f}"
+        " | without the key tables' and expiry table's entries, which per bet above includes |",
+        f"| seen-id filter, per shard | {records.filter_bytes_per_shard} | "
+        f"IDEMPOTENCY_FILTER_BITS / 8, fixed: {records.shards} shards = {filters_mib:.0f} MiB "
+        f"(MEMORY USAGE of all: {records.filters_measured_bytes}) |",
+        f"| used_memory after the phases | {records.used_memory_end_bytes} | INFO memory |",
+    ]
 
 
 def render_markdown(report: BenchReport) -> str:
@@ -1084,6 +1340,10 @@ def render_markdown(report: BenchReport) -> str:
         "commands leave of the process's CPU is its event loop, sockets and AOF writes.",
         "",
         *render_redis_commands(report),
+        "",
+        "## Redis memory",
+        "",
+        *render_memory(report),
         "",
         "## Every phase",
         "",
@@ -1175,6 +1435,13 @@ def _process_counts(text: str) -> list[int]:
     return counts
 
 
+def _cluster_masters(text: str) -> int:
+    try:
+        return Settings(redis_cluster_masters=int(text)).validate().redis_cluster_masters
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-seconds", type=int, default=20, help="per phase (default 20)")
     parser.add_argument("--users", type=int, default=32, help="locust users (default 32)")
@@ -1204,9 +1471,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="bench-report", help="report folder")
     parser.add_argument("--redis-url", default="", help="use this Redis instead of embedded")
+    parser.add_argument(
+        "--redis-cluster",
+        type=_cluster_masters,
+        default=0,
+        metavar="N",
+        help="run every phase on an embedded Redis Cluster of N masters (3 or more) and N "
+        "replicas, as `up --redis-cluster N` (default 0: one Redis)",
+    )
     parser.add_argument("--database-url", default="", help="use this PostgreSQL, not embedded")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.redis_cluster and args.redis_url:
+        raise SystemExit("bench: --redis-cluster starts a cluster; --redis-url names one")
     report = run_bench(args)
     return 0 if report.money_check_passed else 1

@@ -11,7 +11,7 @@ usage its reaping returns (`reap`).
 
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,15 +65,20 @@ def tree_seconds(root: int, stats: Iterable[ProcessStat]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds of named process trees between `start()` and `stop()`."""
+    """CPU seconds of named process trees between `start()` and `stop()`; a name may stand
+    for several trees (every node of a Redis Cluster), whose seconds it adds up."""
 
-    def __init__(self, roots: dict[str, int]) -> None:
-        self.roots = roots
+    def __init__(self, roots: Mapping[str, int | Collection[int]]) -> None:
+        self.roots = {
+            name: (pids,) if isinstance(pids, int) else tuple(pids) for name, pids in roots.items()
+        }
         self._started: dict[str, float] = {}
 
     def _read(self) -> dict[str, float]:
-        stats = all_stats()
-        return {name: tree_seconds(pid, stats) for name, pid in self.roots.items()}
+        stats = all_stats()  # one reading for every tree: they are compared at one instant
+        return {
+            name: sum(tree_seconds(pid, stats) for pid in pids) for name, pids in self.roots.items()
+        }
 
     def start(self) -> None:
         self._started = self._read()

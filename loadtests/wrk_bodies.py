@@ -32,6 +32,7 @@ BALANCE_MILLIS = 10**14
 STAKE_MILLIS = 100
 CURRENCY = "USD"
 GAME = "aviadrone"
+TX_ID_PREFIX = "wrk-"  # every bet's provider_tx_id: the bench finds their records by it
 # the answers to a new bet, for the recording wallet: its claim's (the id is new), its script's
 # (outcome, balance, operator tx id, currency, replayed) and its plain commands' (an open round)
 CLAIMED_REPLY = ["OK", ""]
@@ -59,7 +60,7 @@ class NewBets:
     def bodies(self, count: int) -> Iterator[bytes]:
         for number in itertools.islice(self._numbers, count):
             player = self.players[number % len(self.players)]
-            tx_id = f"wrk-{self._run}-{number}"
+            tx_id = f"{TX_ID_PREFIX}{self._run}-{number}"
             yield encode(
                 bet_body(
                     user_id=player.user_id,

@@ -92,6 +92,13 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
     assert "Money check: PASSED" in markdown
     assert "Latency at half of the median maximum new-bet rate" in markdown
 
+    # one Redis: the memory table, no masters' row (the one process is the Redis row)
+    assert report["redis_cluster_masters"] == 0
+    assert "| of which the Redis masters |" not in markdown
+    assert "## Redis memory" in markdown and "| per new bet applied |" in markdown
+    assert report["redis_memory_new_bets"] > 0 and report["redis_bytes_per_new_bet"] > 0
+    assert report["record_memory"]["tx_hash_bytes"] > report["record_memory"]["owner_key_bytes"]
+
 
 def test_without_wrk_on_the_path_the_bench_says_wrk_is_not_installed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
