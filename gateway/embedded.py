@@ -10,6 +10,7 @@ import hmac
 import importlib.util
 import os
 import pwd
+import random
 import re
 import secrets
 import shutil
@@ -79,6 +80,11 @@ CLUSTER_NODE_TIMEOUT_MS = 1500
 CLUSTER_CONFIG_FILE_NAME = "nodes.conf"
 CLUSTER_BUS_PORT_OFFSET = 10000
 CLUSTER_PORT_TRIES_MAX = 100
+# Node ports, and so their bus ports, below the kernel's ephemeral range (Linux's starts at
+# 32768): free_port() and every outgoing connection take their ports from that range, and a
+# cluster's twelve ports there took a port another server had been given but not yet bound (CI:
+# `up`'s gateway port was a node's bus port).
+CLUSTER_PORTS = range(20000, 32768 - CLUSTER_BUS_PORT_OFFSET)
 PORT_MAX = 65535
 
 
@@ -751,8 +757,7 @@ def _free_cluster_port(preferred: int | None, taken: Sequence[int]) -> int:
 
     if preferred and usable(preferred):
         return preferred
-    for _ in range(CLUSTER_PORT_TRIES_MAX):
-        port = free_port()
+    for port in random.sample(CLUSTER_PORTS, CLUSTER_PORT_TRIES_MAX):
         if usable(port):
             return port
     raise EmbeddedServerError("no free pair of a port and its cluster bus port on loopback")

@@ -220,8 +220,12 @@ async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retri
         "wallet_request_seconds_bucket", {"endpoint": "withdraw", "le": str(deadline)}
     )
     assert answered == within == CONCURRENT_BETS
-    # past the bound, a call is refused at once instead of waiting its whole deadline
-    assert min(seconds for _, seconds in answers) < REDIS_TIMEOUT_MS_SHORT / 1000 / 2
+    # past the bound, a call is refused at once instead of waiting its whole deadline (timed by
+    # the gateway: the test client's own queue past 100 connections is no part of it)
+    at_once = registry.get_sample_value(
+        "wallet_request_seconds_bucket", {"endpoint": "withdraw", "le": "0.1"}
+    )
+    assert at_once and at_once >= 1
 
     await unpause(pauser)
     for body in bodies:
