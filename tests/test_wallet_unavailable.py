@@ -185,7 +185,7 @@ async def tx_event_count(services: Services, user_id: str, tx: str) -> int:
 # --- a deadline, whatever Redis does (docs/protocol.md §3) ----------------------------------------
 
 DEADLINE_MARGIN_SECONDS = 0.05  # the protocol's "REDIS_TIMEOUT_MS plus a few milliseconds"
-CONCURRENT_BETS = 120
+CONCURRENT_BETS = 60
 PENDING_CALLS_MAX_SMALL = 16
 
 
@@ -198,7 +198,7 @@ async def timed_post(provider: Provider, path: str, body: bytes) -> tuple[int, f
 async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retries_apply_once(
     own_redis: EmbeddedRedis, own_gateway: AppClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CLIENT PAUSE during 120 concurrent bets: each answers 503 within REDIS_TIMEOUT_MS (+50
+    """CLIENT PAUSE during 60 concurrent bets: each answers 503 within REDIS_TIMEOUT_MS (+50
     ms), calls past the pending bound answer at once, nothing queues without bound; once Redis
     is back, the provider's retries apply every bet exactly once."""
     monkeypatch.setattr(coalesced_scripts, "PENDING_CALLS_MAX", PENDING_CALLS_MAX_SMALL)
