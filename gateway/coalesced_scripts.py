@@ -106,10 +106,15 @@ class CoalescedScriptCalls:
     def _enqueue(
         self, command: tuple[Any, ...], routing_key: str, script: AsyncScript | None
     ) -> asyncio.Future[Any]:
-        if len(self._pending) >= PENDING_CALLS_MAX:
-            raise CallsNotConfirmed(f"{PENDING_CALLS_MAX} calls already wait for Redis")
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
+        if len(self._pending) >= PENDING_CALLS_MAX:
+            # failed at once, as a reply: a money call makes several calls together and awaits
+            # them together, so one refused is seen with the others, none left unawaited
+            reply.set_exception(
+                CallsNotConfirmed(f"{PENDING_CALLS_MAX} calls already wait for Redis")
+            )
+            return reply
         deadline_at = CALL_DEADLINE.get()
         if deadline_at is None and self._deadline_seconds:
             deadline_at = loop.time() + self._deadline_seconds
