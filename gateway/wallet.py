@@ -187,40 +187,29 @@ class Wallet:
         owned by before ('' = nobody, now claimed), and the close's tx id or None. When a
         claim asks (LOOKUP_HISTORY), the history's records of these ids are brought back and
         the claims run once more."""
-        claims, closed_by = await self._claims(
-            tx_id, owner_id, bet_tx_id, user_id, round_closed_key, ""
-        )
-        if any(status == LOOKUP_HISTORY for status, _ in claims):
+
+        async def claims(history_checked: str) -> tuple[list[list[str]], str | None]:
+            """One round of claims, the close marker read with them: [status, owner] of each
+            claim, and the close's tx id or None."""
+            pending = [self._claim_call(tx_id, owner_id, history_checked)]
+            if bet_tx_id:
+                pending.append(self._claim_call(bet_tx_id, user_id, history_checked))
+            if round_closed_key:
+                pending.append(self._script_calls.command("GET", round_closed_key))
+            replies = await self._replies(pending)
+            claimed = replies[: 2 if bet_tx_id else 1]
+            return claimed, replies[len(claimed)] if round_closed_key else None
+
+        claimed, closed_by = await claims("")
+        if any(status == LOOKUP_HISTORY for status, _ in claimed):
             if self.history is None:
                 raise WalletUnavailable("a record left Redis and there is no history")
             await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-            claims, closed_by = await self._claims(
-                tx_id, owner_id, bet_tx_id, user_id, round_closed_key, "1"
-            )
-            if any(status == LOOKUP_HISTORY for status, _ in claims):
+            claimed, closed_by = await claims("1")
+            if any(status == LOOKUP_HISTORY for status, _ in claimed):
                 raise AssertionError("a claim asked for the history twice")
-        bet_owner = claims[1][1] if bet_tx_id else ""
-        return claims[0][1], bet_owner, closed_by
-
-    async def _claims(
-        self,
-        tx_id: str,
-        owner_id: str,
-        bet_tx_id: str | None,
-        user_id: str,
-        round_closed_key: str | None,
-        history_checked: str,
-    ) -> tuple[list[list[str]], str | None]:
-        """One round of claims, the round's close marker read with them: [status, owner]
-        of each claim, and the close's tx id or None."""
-        pending = [self._claim_call(tx_id, owner_id, history_checked)]
-        if bet_tx_id:
-            pending.append(self._claim_call(bet_tx_id, user_id, history_checked))
-        if round_closed_key:
-            pending.append(self._script_calls.command("GET", round_closed_key))
-        replies = await self._replies(pending)
-        claims = replies[: 2 if bet_tx_id else 1]
-        return claims, replies[len(claims)] if round_closed_key else None
+        bet_owner = claimed[1][1] if bet_tx_id else ""
+        return claimed[0][1], bet_owner, closed_by
 
     def _claim_call(self, tx_id: str, owner_id: str, history_checked: str) -> Any:
         keys = self.keys
