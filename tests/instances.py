@@ -115,3 +115,33 @@ def shared_bind_error(port: int) -> int | None:
         except OSError as exc:
             return exc.errno
     return None
+
+
+# A command run against a running `up`, as from a second shell
+COMMAND_SECONDS_MAX = 120
+
+
+def another_shell(up: "RunningUp") -> dict[str, str]:
+    """A second shell's environment: DATA_DIR and nothing of the stack's."""
+    env = cli_env(DATA_DIR=str(up.data_dir))
+    for name in ("REDIS_URL", "DATABASE_URL", "ADMIN_TOKEN", "PROVIDER_KEYS"):
+        env.pop(name, None)
+    return env
+
+
+def run_in_another_shell(up: "RunningUp", *args: str) -> subprocess.CompletedProcess[str]:
+    """A wallet-gateway command from a second shell, which finds the stack by DATA_DIR alone."""
+    return subprocess.run(
+        cli(*args),
+        env=another_shell(up),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_SECONDS_MAX,
+        check=False,
+    )
+
+
+def answer_printed(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The JSON `call` or `admin` printed after the status line `< NNN`."""
+    _, _, printed = ("\n" + done.stdout).partition("\n< ")
+    return orjson.loads(printed.partition("\n")[2])

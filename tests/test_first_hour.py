@@ -11,14 +11,19 @@ from pathlib import Path
 
 import orjson
 import pytest
-from instances import RunningUp, cli, cli_env
+from instances import (
+    COMMAND_SECONDS_MAX,
+    RunningUp,
+    another_shell,
+    answer_printed,
+    run_in_another_shell,
+)
 
 from gateway.embedded import free_port
 from gateway.recorded_stack import recorded_stack
 
 pytestmark = pytest.mark.slow  # `up` itself, and a child process per command
 
-COMMAND_SECONDS_MAX = 120
 PLAYER = "newcomer-1"
 OPENING_BALANCE = 100_000
 
@@ -43,56 +48,33 @@ def running_up(tmp_path_factory: pytest.TempPathFactory, launch_port: int) -> It
         assert up.stop() == 0
 
 
-def another_shell(up: RunningUp) -> dict[str, str]:
-    """A second shell's environment: DATA_DIR and nothing of the stack's."""
-    env = cli_env(DATA_DIR=str(up.data_dir))
-    for name in ("REDIS_URL", "DATABASE_URL", "ADMIN_TOKEN", "PROVIDER_KEYS"):
-        env.pop(name, None)
-    return env
-
-
-def run(up: RunningUp, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli(*args),
-        env=another_shell(up),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_SECONDS_MAX,
-        check=False,
-    )
-
-
 def callbacks_served(up: RunningUp) -> int:
     return sum(1 for line in up.log() if line.get("message") == "callback")
-
-
-def answer(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    """The JSON `call` or `admin` printed after the status line `< NNN`."""
-    _, _, printed = ("\n" + done.stdout).partition("\n< ")
-    return orjson.loads(printed.partition("\n")[2])
 
 
 @pytest.fixture(scope="module")
 def player(running_up: RunningUp) -> str:
     """Created as the README does: `wallet-gateway admin`, with the stack's token."""
-    created = run(
+    created = run_in_another_shell(
         running_up,
         *("admin", "post", "/admin/players"),
         orjson.dumps({"user_id": PLAYER, "currency": "USD", "balance": OPENING_BALANCE}).decode(),
     )
     assert created.returncode == 0, created.stdout + created.stderr
-    assert answer(created)["code"] == 201
+    assert answer_printed(created)["code"] == 201
     return PLAYER
 
 
 def test_the_admin_command_reads_with_the_stacks_token(running_up: RunningUp, player: str) -> None:
-    done = run(running_up, "admin", "get", f"/admin/players/{player}")
+    done = run_in_another_shell(running_up, "admin", "get", f"/admin/players/{player}")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert answer(done)["data"]["user_id"] == player  # type: ignore[index]
+    assert answer_printed(done)["data"]["user_id"] == player  # type: ignore[index]
 
-    refused = run(running_up, "admin", "get", f"/admin/players/{player}", "--admin-token", "x")
+    refused = run_in_another_shell(
+        running_up, "admin", "get", f"/admin/players/{player}", "--admin-token", "x"
+    )
     assert refused.returncode == 1
-    assert answer(refused)["code"] == 401
+    assert answer_printed(refused)["code"] == 401
 
 
 def test_up_records_its_stack_and_prints_a_paste_ready_export(running_up: RunningUp) -> None:
@@ -117,19 +99,21 @@ def test_a_signed_bet_its_replay_a_win_and_a_rollback_from_another_shell(
     running_up: RunningUp, player: str
 ) -> None:
     bet_args = ("call", "withdraw", "--user", player, "--amount", "5440", "--tx", "b-1")
-    bet = run(running_up, *bet_args)
+    bet = run_in_another_shell(running_up, *bet_args)
     assert bet.returncode == 0, bet.stderr
-    assert answer(bet)["data"]["new_balance"] == OPENING_BALANCE - 5440  # type: ignore[index]
+    assert answer_printed(bet)["data"]["new_balance"] == OPENING_BALANCE - 5440  # type: ignore[index]
 
-    replay = run(running_up, *bet_args)
+    replay = run_in_another_shell(running_up, *bet_args)
     assert replay.returncode == 0, replay.stderr
-    assert answer(replay) == answer(bet)  # the same answer; the money moved once
+    assert answer_printed(replay) == answer_printed(bet)  # the same answer; the money moved once
 
-    other = run(running_up, "call", "withdraw", "--user", player, "--amount", "1", "--tx", "b-1")
+    other = run_in_another_shell(
+        running_up, "call", "withdraw", "--user", player, "--amount", "1", "--tx", "b-1"
+    )
     assert other.returncode == 1
-    assert answer(other)["code"] == 409
+    assert answer_printed(other)["code"] == 409
 
-    win = run(
+    win = run_in_another_shell(
         running_up,
         *("call", "deposit", "--user", player, "--amount", "10880"),
         *("--tx", "w-1", "--bet-tx", "b-1"),
@@ -137,16 +121,18 @@ def test_a_signed_bet_its_replay_a_win_and_a_rollback_from_another_shell(
     assert win.returncode == 0, win.stderr
     assert '"round_id":"r-b-1"' in win.stdout  # the bet's round, by default
 
-    run(running_up, "call", "withdraw", "--user", player, "--amount", "1000", "--tx", "b-2")
-    rollback = run(
+    run_in_another_shell(
+        running_up, "call", "withdraw", "--user", player, "--amount", "1000", "--tx", "b-2"
+    )
+    rollback = run_in_another_shell(
         running_up,
         *("call", "deposit", "--action", "ROLL_BACK", "--user", player),
         *("--tx", "rb-1", "--bet-tx", "b-2"),
     )
     assert rollback.returncode == 0, rollback.stderr
 
-    balance = run(running_up, "call", "balance", "--user", player)
-    assert answer(balance)["data"] == {  # type: ignore[comparison-overlap]
+    balance = run_in_another_shell(running_up, "call", "balance", "--user", player)
+    assert answer_printed(balance)["data"] == {  # type: ignore[comparison-overlap]
         "currency": "USD",
         "amount": OPENING_BALANCE - 5440 + 10880,
     }
@@ -155,7 +141,7 @@ def test_a_signed_bet_its_replay_a_win_and_a_rollback_from_another_shell(
 def test_the_simulator_plays_against_the_default_stack(
     running_up: RunningUp, launch_port: int
 ) -> None:
-    done = run(
+    done = run_in_another_shell(
         running_up,
         *("simulate", "--listen-port", str(launch_port), "--players", "2", "--rounds", "6"),
         *("--duration-seconds", "60", "--seed", "7"),
@@ -165,11 +151,11 @@ def test_the_simulator_plays_against_the_default_stack(
 
 
 def test_the_conformance_kit_and_reconcile_find_the_stack(running_up: RunningUp) -> None:
-    kit = run(running_up, "conformance", "--rule", "*replay*")
+    kit = run_in_another_shell(running_up, "conformance", "--rule", "*replay*")
     assert kit.returncode == 0, kit.stdout + kit.stderr
     assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
 
-    reconciled = run(running_up, "reconcile")
+    reconciled = run_in_another_shell(running_up, "reconcile")
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
     assert "Reconciliation: AGREES" in reconciled.stdout
 
@@ -182,7 +168,7 @@ def test_a_restarted_up_keeps_its_ports_and_a_stopped_one_is_named(
     first = recorded_stack(str(up.data_dir))
     assert up.stop() == 0
 
-    stopped = run(up, "call", "balance", "--user", PLAYER)
+    stopped = run_in_another_shell(up, "call", "balance", "--user", PLAYER)
     assert stopped.returncode == 2
     assert stopped.stderr.strip() == (
         "call: error: needs --url, --public-key, --secret: "

@@ -2,13 +2,12 @@
 masters and three replicas, found by the other commands as the single-Redis stack is."""
 
 import re
-import subprocess
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from instances import RunningUp, cli, cli_env
+from instances import RunningUp, answer_printed, run_in_another_shell
 from redis.crc import key_slot
 
 from gateway.keys import KeySpace
@@ -17,7 +16,6 @@ from gateway.redis_connection import CLUSTER_SCHEME
 
 pytestmark = pytest.mark.slow  # `up` itself, and a child process per command
 
-COMMAND_SECONDS_MAX = 120
 MASTERS = 3
 
 
@@ -29,21 +27,6 @@ def cluster_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUp]:
         yield up
     finally:
         assert up.stop() == 0
-
-
-def run(up: RunningUp, *args: str) -> subprocess.CompletedProcess[str]:
-    """A command from another shell, which knows only DATA_DIR."""
-    env = cli_env(DATA_DIR=str(up.data_dir))
-    for name in ("REDIS_URL", "DATABASE_URL", "ADMIN_TOKEN", "PROVIDER_KEYS"):
-        env.pop(name, None)
-    return subprocess.run(
-        cli(*args), env=env, capture_output=True, text=True, timeout=COMMAND_SECONDS_MAX
-    )
-
-
-def answer(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    _, _, printed = ("\n" + done.stdout).partition("\n< ")
-    return orjson.loads(printed.partition("\n")[2])
 
 
 def test_up_records_a_cluster_url_of_its_masters(cluster_up: RunningUp) -> None:
@@ -67,26 +50,29 @@ def test_money_moves_once_on_players_of_every_master_and_reconcile_agrees(
         players.setdefault(third, user)
     assert len(players) == MASTERS
     for user in players.values():
-        created = run(
+        created = run_in_another_shell(
             cluster_up,
             *("admin", "post", "/admin/players"),
             orjson.dumps({"user_id": user, "currency": "USD", "balance": 10_000}).decode(),
         )
-        assert answer(created)["code"] == 201, created.stdout + created.stderr
+        assert answer_printed(created)["code"] == 201, created.stdout + created.stderr
         bet = ("call", "withdraw", "--user", user, "--amount", "1000", "--tx", f"b-{user}")
-        first, replay = run(cluster_up, *bet), run(cluster_up, *bet)
+        first, replay = (
+            run_in_another_shell(cluster_up, *bet),
+            run_in_another_shell(cluster_up, *bet),
+        )
         assert first.returncode == replay.returncode == 0, first.stderr + replay.stderr
-        assert answer(first) == answer(replay)  # the money moved once
-        win = run(
+        assert answer_printed(first) == answer_printed(replay)  # the money moved once
+        win = run_in_another_shell(
             cluster_up,
             *("call", "deposit", "--user", user, "--amount", "2500"),
             *("--tx", f"w-{user}", "--bet-tx", f"b-{user}"),
         )
-        assert answer(win)["data"]["new_balance"] == 11_500, win.stdout  # type: ignore[index]
+        assert answer_printed(win)["data"]["new_balance"] == 11_500, win.stdout  # type: ignore[index]
 
-    kit = run(cluster_up, "conformance", "--rule", "*replay*")
+    kit = run_in_another_shell(cluster_up, "conformance", "--rule", "*replay*")
     assert kit.returncode == 0, kit.stdout + kit.stderr
     assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
-    reconciled = run(cluster_up, "reconcile")
+    reconciled = run_in_another_shell(cluster_up, "reconcile")
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
     assert "Reconciliation: AGREES" in reconciled.stdout
