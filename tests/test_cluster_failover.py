@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
-from helpers import running
+from helpers import frozen_test_heap, running
 from payloads import bet
 
 from gateway.app import Services, create_gateway_app
@@ -152,7 +152,8 @@ async def test_a_killed_master_fails_over_and_every_call_is_applied_once(
     async with HistoryWriter(services.settings, "failover-writer") as writer:
         stop_writer = asyncio.Event()
         writing = asyncio.create_task(writer.run(stop_writer))
-        await asyncio.gather(kill_then_watch(), *(player_loop() for _ in range(CONCURRENCY)))
+        with frozen_test_heap():  # the answers are timed
+            await asyncio.gather(kill_then_watch(), *(player_loop() for _ in range(CONCURRENCY)))
         assert failed_over_at, "the replica was not promoted in time"
         # with REDIS_WAIT_REPLICAS=1 the promoted master answers only once it has a replica:
         # the killed node, started again, rejoins as one (as an operator would bring it back)

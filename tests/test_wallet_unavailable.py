@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import Admin, Provider
-from helpers import pause_scripts, running, unpause
+from helpers import frozen_test_heap, pause_scripts, running, unpause
 from payloads import bet, close_round, rollback, win
 from redis.asyncio import Redis
 
@@ -207,7 +207,8 @@ async def test_paused_redis_answers_every_bet_503_within_the_deadline_then_retri
     session = await admin.open_session("alice")
     bodies = [orjson.dumps(bet("alice", session, f"b{n}", 1_000)) for n in range(CONCURRENT_BETS)]
     pauser = await pause_scripts(own_redis.url)
-    answers = await asyncio.gather(*(timed_post(provider, "/withdraw", b) for b in bodies))
+    with frozen_test_heap():
+        answers = await asyncio.gather(*(timed_post(provider, "/withdraw", b) for b in bodies))
     script_calls = services.wallet._script_calls
     assert len(script_calls._pending) <= PENDING_CALLS_MAX_SMALL
 
@@ -253,7 +254,8 @@ async def test_a_redis_slower_than_the_deadline_answers_503_in_time(
     sleeper = Redis.from_url(own_redis.url)
     sleeping = asyncio.create_task(sleeper.execute_command("DEBUG", "SLEEP", 1))
     await asyncio.sleep(0.05)
-    status, seconds = await timed_post(provider, path, orjson.dumps(payload))
+    with frozen_test_heap():
+        status, seconds = await timed_post(provider, path, orjson.dumps(payload))
     assert status == 503
     assert seconds <= REDIS_TIMEOUT_MS_SHORT / 1000 + DEADLINE_MARGIN_SECONDS, seconds
     await sleeping
