@@ -99,6 +99,27 @@ def close_round_arguments(
     return (stakes, coefficients)
 
 
+def claim_and_decide_arguments(
+    *,
+    money_keys_count: int,
+    tx_owner_id: str,
+    tx_offsets: str,  # the tx id's four offsets in its shard's seen filter
+    bet_claimant: str,  # who names the bet ('' when the call names none)
+    bet_offsets: str,
+    retention_ms: int,
+    history_checked: str,
+    reads_round: str,  # '1': read the round's close marker for the money ARGV's round_closed_by
+    bet_owner_at: int | str,  # where the money ARGV takes the bet's owner ('' when none)
+    index_ttl_ms: int | str,  # the session index's refresh ('' when none)
+) -> tuple[str | int, ...]:
+    """lua/claim_and_decide.lua's own ARGV (one Redis: both steps in one script), which the
+    money script's ARGV follow."""
+    return (
+        money_keys_count, tx_owner_id, tx_offsets, bet_claimant, bet_offsets, retention_ms,
+        history_checked, reads_round, bet_owner_at, index_ttl_ms,
+    )  # fmt: skip
+
+
 # Each money script's own KEYS and ARGV, which follow the common parts.
 MONEY_SCRIPT_LAYOUTS: dict[str, tuple[Layout, Layout]] = {
     "withdraw": (withdraw_keys, withdraw_arguments),

@@ -29,6 +29,22 @@ def script_source(name: str) -> str:
     return source
 
 
+def claim_and_decide_source(money_script: str) -> str:
+    """lua/claim_and_decide.lua after lua/claim.lua and the money script, each made a function
+    of its own KEYS and ARGV (its top-level `return` returns from it)."""
+    return "\n".join(
+        (
+            "local function claim(KEYS, ARGV)",
+            script_source("claim"),
+            "end",
+            "local function decide(KEYS, ARGV)",
+            script_source(money_script),
+            "end",
+            script_source("claim_and_decide"),
+        )
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
     withdraw: AsyncScript
@@ -42,6 +58,8 @@ class Scripts:
     create_player: AsyncScript
     adjust_balance: AsyncScript
     bring_back_record: AsyncScript
+    # each money script with its claims, both steps in one (one Redis only): by money script
+    claimed_and_decided: dict[str, AsyncScript]
 
     @classmethod
     def register(cls, redis: Redis) -> "Scripts":
@@ -49,14 +67,21 @@ class Scripts:
             **{
                 name: redis.register_script(script_source(name))
                 for name in MONEY_SCRIPTS + PLAIN_SCRIPTS
-            }
+            },
+            claimed_and_decided={
+                name: redis.register_script(claim_and_decide_source(name)) for name in MONEY_SCRIPTS
+            },
+        )
+
+    def all(self) -> list[AsyncScript]:
+        return [getattr(self, name) for name in MONEY_SCRIPTS + PLAIN_SCRIPTS] + list(
+            self.claimed_and_decided.values()
         )
 
     def shas(self) -> list[str]:
-        return [getattr(self, name).sha for name in MONEY_SCRIPTS + PLAIN_SCRIPTS]
+        return [script.sha for script in self.all()]
 
     async def load_all(self, redis: Redis) -> None:
         """SCRIPT LOAD everything up front, so the first callbacks need no NOSCRIPT round trip."""
-        for name in MONEY_SCRIPTS + PLAIN_SCRIPTS:
-            script: AsyncScript = getattr(self, name)
+        for script in self.all():
             await redis.script_load(script.script)

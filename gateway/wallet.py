@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import BusyLoadingError, ResponseError
 
 from gateway.clock import now_ms
@@ -20,6 +21,7 @@ from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable, is_not_now
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.script_arguments import (
+    claim_and_decide_arguments,
     close_round_arguments,
     close_round_keys,
     money_common_arguments,
@@ -94,6 +96,8 @@ class Wallet:
         self.settings = settings
         self.keys = KeySpace(settings.shards)
         self.scripts = Scripts.register(redis)
+        # one Redis takes a script of keys in any slots: a money call's two steps go as one
+        self.claims_in_the_script = not isinstance(redis, RedisCluster)
         self._script_calls = CoalescedScriptCalls(
             redis,
             observe_batch_seconds,
@@ -137,42 +141,114 @@ class Wallet:
         currency: str | None,
         bet_tx_id: str | None = None,
         round_closed_key: str | None = None,
-        also: tuple[tuple[Any, ...], ...] = (),
+        session_index: str | None = None,
     ) -> WalletReply:
         """A money call in two steps (docs/design.md, "A money call in two steps"): claim its tx
-        id (and the bet it names) in the ids' own slots, then its script in its player's slot.
-        `own_arguments(bet_owner)`: the script's own ARGV, given whom the claim found owning the
-        named bet. `also`: plain commands sent with the script (a session index's refresh)."""
+        id (and the bet it names) in the ids' own slots, then its script in its player's slot;
+        on one Redis both in one script. `own_arguments(bet_owner)`: the script's own ARGV,
+        given whom the claim found owning the named bet. `session_index`: refreshed with the
+        script (it lives in the token's slot)."""
         tx_id = request.provider_tx_id
-        tx_owner, bet_owner, closed_by = await self._claim(
-            tx_id, owner_id, bet_tx_id, user_id, round_closed_key
-        )
-        if tx_owner not in ("", owner_id):
-            return WalletReply("TX_CONFLICT", 0, "", "", False)
-        common = money_common_arguments(
-            provider_tx_id=tx_id,
-            user_id=user_id,
-            action=request.action,
-            amount="" if amount_millis is None else str(amount_millis),
-            currency=currency or "",
-            round_id=request.round_id,
-            game=request.game,
-            ref_id=bet_tx_id or "",
-            fingerprint=request.fingerprint(),
-            now_ms=str(now_ms()),
-            operator_tx_id=self._operator_tx_ids.next(),
-            retention_ms=self._retention_ms,
-            request_body=body,
-            round_closed_by=closed_by or "",
-        )
-        script = getattr(self.scripts, script_name)
-        reply = WalletReply.from_script(
-            await self.run_script(script, keys, (*common, *own_arguments(bet_owner)), *also)
-        )
+        fingerprint, operator_tx_id = request.fingerprint(), self._operator_tx_ids.next()
+        called_at_ms = str(now_ms())
+
+        def arguments(round_closed_by: str, bet_owner: str) -> tuple[Any, ...]:
+            return (
+                *money_common_arguments(
+                    provider_tx_id=tx_id,
+                    user_id=user_id,
+                    action=request.action,
+                    amount="" if amount_millis is None else str(amount_millis),
+                    currency=currency or "",
+                    round_id=request.round_id,
+                    game=request.game,
+                    ref_id=bet_tx_id or "",
+                    fingerprint=fingerprint,
+                    now_ms=called_at_ms,
+                    operator_tx_id=operator_tx_id,
+                    retention_ms=self._retention_ms,
+                    request_body=body,
+                    round_closed_by=round_closed_by,
+                ),
+                *own_arguments(bet_owner),
+            )
+
+        if self.claims_in_the_script:
+            raw_reply = await self._claim_and_decide(
+                script_name, keys, arguments("", ""), tx_id, owner_id, bet_tx_id, user_id,
+                round_closed_key, session_index,
+            )  # fmt: skip
+        else:
+            tx_owner, bet_owner, closed_by = await self._claim(
+                tx_id, owner_id, bet_tx_id, user_id, round_closed_key
+            )
+            if tx_owner not in ("", owner_id):
+                return WalletReply("TX_CONFLICT", 0, "", "", False)
+            also = (
+                () if session_index is None else (("PEXPIRE", session_index, self.session_ttl_ms),)
+            )
+            raw_reply = await self.run_script(
+                getattr(self.scripts, script_name),
+                keys,
+                arguments(closed_by or "", bet_owner),
+                *also,
+            )
+        reply = WalletReply.from_script(raw_reply)
         # answered as usual, so the callback's outcome does not count it
         if reply.incident and self._observe_incident is not None:
             self._observe_incident(reply.incident)
         return reply
+
+    async def _claim_and_decide(
+        self,
+        script_name: str,
+        keys: list[str],
+        arguments: tuple[Any, ...],
+        tx_id: str,
+        owner_id: str,
+        bet_tx_id: str | None,
+        user_id: str,
+        round_closed_key: str | None,
+        session_index: str | None,
+    ) -> list[Any]:
+        """One Redis: both steps in one script (lua/claim_and_decide.lua), the same decisions
+        in one round trip. A claim that asks (LOOKUP_HISTORY) has the history's records of these
+        ids brought back, and the script runs once more."""
+        shards = self.keys
+        claim_keys = [shards.tx_owner(shards.shard(tx_id), tx_id), self._seen_filter_of(tx_id)]
+        if bet_tx_id:
+            bet_shard = shards.shard(bet_tx_id)
+            claim_keys += [shards.tx_owner(bet_shard, bet_tx_id), self._seen_filter_of(bet_tx_id)]
+        if round_closed_key:
+            claim_keys.append(round_closed_key)
+        if session_index:
+            claim_keys.append(session_index)
+        bits = self.settings.idempotency_filter_bits
+        script = self.scripts.claimed_and_decided[script_name]
+
+        async def attempt(history_checked: str) -> list[Any]:
+            own = claim_and_decide_arguments(
+                money_keys_count=len(keys),
+                tx_owner_id=owner_id,
+                tx_offsets=filter_offsets(tx_id, bits),
+                bet_claimant=user_id if bet_tx_id else "",
+                bet_offsets=filter_offsets(bet_tx_id, bits) if bet_tx_id else "",
+                retention_ms=self._retention_ms,
+                history_checked=history_checked,
+                reads_round="1" if round_closed_key else "",
+                # a settlement's own ARGV is its bet's owner alone (settle_arguments)
+                bet_owner_at=len(arguments) if bet_tx_id else "",
+                index_ttl_ms=self.session_ttl_ms if session_index else "",
+            )
+            return await self.run_script(script, [*keys, *claim_keys], (*own, *arguments))
+
+        raw_reply = await attempt("")
+        if raw_reply[0] == LOOKUP_HISTORY:
+            await self._bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
+            raw_reply = await attempt("1")
+            if raw_reply[0] == LOOKUP_HISTORY:
+                raise AssertionError("a claim asked for the history twice")
+        return raw_reply
 
     async def _claim(
         self,
@@ -202,21 +278,26 @@ class Wallet:
 
         claimed, closed_by = await claims("")
         if any(status == LOOKUP_HISTORY for status, _ in claimed):
-            if self.history is None:
-                raise WalletUnavailable("a record left Redis and there is no history")
-            await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
+            await self._bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
             claimed, closed_by = await claims("1")
             if any(status == LOOKUP_HISTORY for status, _ in claimed):
                 raise AssertionError("a claim asked for the history twice")
         bet_owner = claimed[1][1] if bet_tx_id else ""
         return claimed[0][1], bet_owner, closed_by
 
+    async def _bring_back(self, tx_ids: list[str]) -> None:
+        if self.history is None:
+            raise WalletUnavailable("a record left Redis and there is no history")
+        await self.history.bring_back(tx_ids)
+
+    def _seen_filter_of(self, tx_id: str) -> str:
+        return self.keys.seen_filter(self.keys.shard(tx_id))
+
     def _claim_call(self, tx_id: str, owner_id: str, history_checked: str) -> Any:
         keys = self.keys
-        shard = keys.shard(tx_id)
         return self._script_calls.call(
             self.scripts.claim,
-            [keys.tx_owner(shard, tx_id), keys.seen_filter(shard)],
+            [keys.tx_owner(keys.shard(tx_id), tx_id), self._seen_filter_of(tx_id)],
             (
                 owner_id,
                 filter_offsets(tx_id, self.settings.idempotency_filter_bits),
@@ -294,7 +375,7 @@ class Wallet:
             round_closed_key=self._round_closed_key(request.round_id),
             # the index (in the token's slot) lives as long as the session it names, or a long
             # session would lose /auth; on a session that is not live it changes nothing
-            also=(("PEXPIRE", session_index, self.session_ttl_ms),),
+            session_index=session_index,
         )
 
     async def settle_bet(self, request: WinRequest | RollbackRequest, body: bytes) -> WalletReply:
