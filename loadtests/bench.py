@@ -708,7 +708,7 @@ def command_key(command: tuple[Any, ...]) -> str:
 
 def pack_bet(bet: list[Command], packer: redis.Connection, masters: RedisMasters) -> PackedBet:
     """One bet's commands, each packed for the master serving its key, in the gateway's order."""
-    money = max(n for n, (script, _) in enumerate(bet) if script)  # the claim comes first
+    money = max(n for n, (script, _) in enumerate(bet) if script)  # a claim comes first
     commands: list[list[bytes]] = [[] for _ in masters.urls]
     money_reply: list[int | None] = [None] * len(masters.urls)
     for number, (_, command) in enumerate(bet):
@@ -1205,9 +1205,10 @@ def render_scaling(report: BenchReport) -> list[str]:
         lines += [
             "",
             f"Redis's own ceiling for new bets: **{redis_ceiling.total['rps']:.0f} "
-            f"bets/s** ({redis_ceiling.total['requests']:.0f} new bets, each its claim, its "
-            "round's close read, its withdraw script and its session index's refresh as the "
-            "gateway sends them, recorded by loadtests/wrk_bodies.py, sent by the bench on "
+            f"bets/s** ({redis_ceiling.total['requests']:.0f} new bets, each the Redis "
+            "commands the gateway sends for it (one Redis: its claim-and-withdraw script; a "
+            "cluster: its claim, its round's close read, its withdraw script and its session "
+            "index's refresh), recorded by loadtests/wrk_bodies.py, sent by the bench on "
             f"{redis_ceiling.users} connections {REDIS_PIPELINE_DEPTH} deep, the writer "
             "draining the streams meanwhile).",
         ]

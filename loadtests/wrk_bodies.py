@@ -1,9 +1,10 @@
 """Pre-signed new bets, each with a provider_tx_id never used before, built and signed ahead of
 the measurement so that the load tool spends nothing on them:
 - for wrk (loadtests/wrk_bets.lua): one file per wrk thread, `PREFIX.0`, `PREFIX.1`, ...;
-- for Redis directly: each bet's Redis commands (its claim, its round's close read, the withdraw
-  script, the session index's refresh), built by the gateway's own `Wallet.debit_bet` (recorded
-  instead of sent), for the bench's Redis ceiling.
+- for Redis directly: each bet's Redis commands (one Redis: its claim-and-withdraw script; a
+  cluster: its claim, its round's close read, the withdraw script, the session index's refresh),
+  built by the gateway's own `Wallet.debit_bet` (recorded instead of sent), for the bench's
+  Redis ceiling.
 
 python -m loadtests.wrk_bodies --admin-url http://127.0.0.1:8081 --admin-token T \\
     --public-key PUB --secret SECRET --players 200 --bets 200000 --threads 2 --out bets
@@ -21,6 +22,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from gateway.redis_connection import is_cluster_url
 from gateway.schemas import BetRequest
 from gateway.settings import Settings
 from gateway.signing import sign_body
@@ -112,6 +114,8 @@ def _answered(reply: Any) -> "asyncio.Future[Any]":
 async def bet_commands(bodies: Iterator[bytes], settings: Settings) -> list[list[Command]]:
     """Each body's Redis commands, in the order the gateway sends them."""
     wallet = Wallet(Redis(), settings)  # never connected: nothing is sent
+    # as the gateway would on that Redis: one script on one Redis, two steps on a cluster
+    wallet.claims_in_the_script = not is_cluster_url(settings.redis_url)
     calls = RecordingCalls(wallet.scripts.claim)
     wallet._script_calls = calls  # type: ignore[assignment]
     per_bet = []
