@@ -34,6 +34,7 @@ from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -277,7 +278,10 @@ def _ignore_result(task: asyncio.Task[None]) -> None:
 async def _send_and_read(
     connection: AbstractConnection, commands: list[tuple[Any, ...]]
 ) -> list[Any]:
-    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    # packed by hiredis here, not by the connection: a cluster's connections pack in Python, and
+    # redis-py's packing checks every argument's type first (ours are str, bytes and int)
+    packed = b"".join(map(pack_command, commands))
+    await connection.send_packed_command(packed, check_health=False)
     replies: list[Any] = []
     # One timer for the whole batch (the connection's socket_timeout): redis-py's own timer on
     # every reply cost the gateway ~10 us each, and a bet has four (measured in-process).
