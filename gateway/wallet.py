@@ -214,11 +214,11 @@ class Wallet:
         """One Redis: both steps in one script (lua/claim_and_decide.lua), the same decisions
         in one round trip. A claim that asks (LOOKUP_HISTORY) has the history's records of these
         ids brought back, and the script runs once more."""
-        shards = self.keys
-        claim_keys = [shards.tx_owner(shards.shard(tx_id), tx_id), self._seen_filter_of(tx_id)]
+        space = self.keys
+        claim_keys = [space.tx_owner(space.shard(tx_id), tx_id), self._seen_filter_of(tx_id)]
         if bet_tx_id:
-            bet_shard = shards.shard(bet_tx_id)
-            claim_keys += [shards.tx_owner(bet_shard, bet_tx_id), self._seen_filter_of(bet_tx_id)]
+            bet_shard = space.shard(bet_tx_id)
+            claim_keys += [space.tx_owner(bet_shard, bet_tx_id), self._seen_filter_of(bet_tx_id)]
         if round_closed_key:
             claim_keys.append(round_closed_key)
         if session_index:
