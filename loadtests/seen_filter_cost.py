@@ -3,9 +3,9 @@
     python -m loadtests.seen_filter_cost [--calls 50000] [--filter-bits 1048576]
 
 Starts the embedded Redis (or uses --redis-url) and measures, side by side in one run:
-- Redis CPU per call of the filter's part of a money script (the shared Lua of every money
-  script, lua/money_common.lua, with and without its filter check and mark), from INFO
-  commandstats;
+- Redis CPU per claim of a new id (lua/claim.lua, the first step of every money call, which
+  checks and marks the filter) and of that the filter's BITFIELD, from INFO commandstats
+  (which counts a script's commands under their own names too);
 - the gateway's CPU per call to compute an id's offsets (gateway/seen_filter.py);
 - memory: the bitmap's bytes, and the false-positive rate (calls that pay a PostgreSQL lookup)
   measured with fresh ids after filling a filter to 10 bits per id, 1% in theory.
@@ -24,39 +24,37 @@ from gateway.embedded import EmbeddedRedis
 from gateway.scripts import script_source
 from gateway.seen_filter import FILTER_HASHES, filter_offsets
 
-COMMON = script_source("close_round").split("\n-- CLOSE_ROUND")[0]  # money_common.lua alone
-WITHOUT_FILTER = COMMON + "\nreturn 0"
-WITH_FILTER = COMMON + "\nlocal looked_up = remember_or_look_up()\nreturn 0"
+CLAIM = script_source("claim")
 BITS_PER_ID = 10
 FALSE_POSITIVE_PROBES = 100_000
 PIPELINE_CALLS = 1_000
+RETENTION_MS = 3_600_000
 
 
-def script_args(tx_id: str, filter_bits: int) -> list[str | int]:
-    """ARGV as a money script gets it (lua/money_common.lua), the filter offsets at 14."""
-    args: list[str | int] = [""] * 15
-    args[0], args[13] = tx_id, filter_offsets(tx_id, filter_bits)
-    return args
-
-
-async def evalsha_usec(redis: Redis) -> tuple[int, int]:
-    stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
+async def usec_of(redis: Redis, command: str) -> tuple[int, int]:
+    stats = (await redis.info("commandstats")).get(f"cmdstat_{command}", {})
     return stats.get("calls", 0), stats.get("usec", 0)
 
 
-async def redis_usec_per_call(
-    redis: Redis, source: str, calls: int, filter_bits: int, name: str
-) -> float:
-    sha = await redis.script_load(source)
-    key = f"cost:{name}"
-    before_calls, before_usec = await evalsha_usec(redis)
+async def claim_usec_per_call(redis: Redis, calls: int, filter_bits: int) -> tuple[float, float]:
+    """-> Redis CPU us per claim of a new id, and of that its BITFIELD's."""
+    sha = await redis.script_load(CLAIM)
+    before = [await usec_of(redis, command) for command in ("evalsha", "bitfield")]
     for start in range(0, calls, PIPELINE_CALLS):
         async with redis.pipeline(transaction=False) as pipe:
             for n in range(start, min(calls, start + PIPELINE_CALLS)):
-                pipe.evalsha(sha, 4, key, key, key, key, *script_args(f"{name}-{n}", filter_bits))
+                tx_id = f"claimed-{n}"
+                offsets = filter_offsets(tx_id, filter_bits)
+                pipe.evalsha(
+                    sha, 2, f"cost:owner:{tx_id}", "cost:seen", "p", offsets, RETENTION_MS, ""
+                )
             await pipe.execute()
-    after_calls, after_usec = await evalsha_usec(redis)
-    return (after_usec - before_usec) / (after_calls - before_calls)
+    after = [await usec_of(redis, command) for command in ("evalsha", "bitfield")]
+    (claims, claim_usec), (_, bitfield_usec) = (
+        (a_calls - b_calls, a_usec - b_usec)
+        for (b_calls, b_usec), (a_calls, a_usec) in zip(before, after, strict=True)
+    )
+    return claim_usec / claims, bitfield_usec / claims
 
 
 def offsets_usec_per_call(calls: int, filter_bits: int) -> float:
@@ -88,14 +86,13 @@ async def false_positive_rate(redis: Redis, filter_bits: int) -> tuple[int, floa
 
 
 async def report(redis: Redis, calls: int, filter_bits: int) -> None:
-    without = await redis_usec_per_call(redis, WITHOUT_FILTER, calls, filter_bits, "without")
-    with_filter = await redis_usec_per_call(redis, WITH_FILTER, calls, filter_bits, "with")
+    claim, bitfield = await claim_usec_per_call(redis, calls, filter_bits)
     offsets = offsets_usec_per_call(calls, filter_bits)
     ids, rate = await false_positive_rate(redis, filter_bits)
     memory = await redis.memory_usage("cost:fill")
-    print(f"Redis CPU per call, money_common.lua alone:         {without:6.2f} us")
-    print(f"Redis CPU per call, with the filter's check-and-mark: {with_filter:6.2f} us "
-          f"(+{with_filter - without:.2f} us, {FILTER_HASHES} bits)")  # fmt: skip
+    print(f"Redis CPU per claim of a new id (lua/claim.lua):    {claim:6.2f} us")
+    print(f"  of which the filter's check-and-mark (BITFIELD):  {bitfield:6.2f} us "
+          f"({FILTER_HASHES} bits)")  # fmt: skip
     print(f"gateway CPU per call, the id's offsets:              {offsets:6.2f} us")
     print(f"filter of {filter_bits} bits: {memory} bytes in Redis, {ids} ids "
           f"({BITS_PER_ID} bits each): false positives {rate:.3%} "
