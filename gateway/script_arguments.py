@@ -9,6 +9,7 @@ ARGV as NamedTuples cost 4.2 us of client CPU, as these functions 0.9 us, as bar
 (Python 3.11), on a path of ~25 us per call (gateway/coalesced_scripts.py).
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,11 @@ def settle_arguments(
     bet_owner: str,  # whom lua/claim.lua found owning the bet's id ('' if nobody)
 ) -> tuple[str, ...]:
     return (bet_owner,)
+
+
+# Where credit.lua and rollback.lua take the bet's owner in their ARGV (1-based): the first of
+# their own, after the common part.
+BET_OWNER_ARGUMENT = len(inspect.signature(money_common_arguments).parameters) + 1
 
 
 def close_round_keys(*, round_closed: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from gateway.keys import CLOSE_ROUND_OWNER_PREFIX, KeySpace
 from gateway.redis_errors import REDIS_UNREACHABLE, WalletUnavailable, is_not_now
 from gateway.schemas import BetRequest, CloseRoundRequest, RollbackRequest, WinRequest
 from gateway.script_arguments import (
+    BET_OWNER_ARGUMENT,
     claim_and_decide_arguments,
     close_round_arguments,
     close_round_keys,
@@ -149,10 +150,11 @@ class Wallet:
         given whom the claim found owning the named bet. `session_index`: refreshed with the
         script (it lives in the token's slot)."""
         tx_id = request.provider_tx_id
-        fingerprint, operator_tx_id = request.fingerprint(), self._operator_tx_ids.next()
-        called_at_ms = str(now_ms())
+        fingerprint = request.fingerprint()
 
         def arguments(round_closed_by: str, bet_owner: str) -> tuple[Any, ...]:
+            """The money script's ARGV, the time and operator tx id taken as it goes out (after
+            the claims, or a bring-back from the history)."""
             return (
                 *money_common_arguments(
                     provider_tx_id=tx_id,
@@ -164,8 +166,8 @@ class Wallet:
                     game=request.game,
                     ref_id=bet_tx_id or "",
                     fingerprint=fingerprint,
-                    now_ms=called_at_ms,
-                    operator_tx_id=operator_tx_id,
+                    now_ms=str(now_ms()),
+                    operator_tx_id=self._operator_tx_ids.next(),
                     retention_ms=self._retention_ms,
                     request_body=body,
                     round_closed_by=round_closed_by,
@@ -175,7 +177,7 @@ class Wallet:
 
         if self.claims_in_the_script:
             raw_reply = await self._claim_and_decide(
-                script_name, keys, arguments("", ""), tx_id, owner_id, bet_tx_id, user_id,
+                script_name, keys, arguments, tx_id, owner_id, bet_tx_id, user_id,
                 round_closed_key, session_index,
             )  # fmt: skip
         else:
@@ -203,7 +205,7 @@ class Wallet:
         self,
         script_name: str,
         keys: list[str],
-        arguments: tuple[Any, ...],
+        arguments: Callable[[str, str], tuple[Any, ...]],
         tx_id: str,
         owner_id: str,
         bet_tx_id: str | None,
@@ -236,11 +238,12 @@ class Wallet:
                 retention_ms=self._retention_ms,
                 history_checked=history_checked,
                 reads_round="1" if round_closed_key else "",
-                # a settlement's own ARGV is its bet's owner alone (settle_arguments)
-                bet_owner_at=len(arguments) if bet_tx_id else "",
+                bet_owner_at=BET_OWNER_ARGUMENT if bet_tx_id else "",
                 index_ttl_ms=self.session_ttl_ms if session_index else "",
             )
-            return await self.run_script(script, [*keys, *claim_keys], (*own, *arguments))
+            # round_closed_by and the bet's owner are filled in by the script
+            money_arguments = arguments("", "")
+            return await self.run_script(script, [*keys, *claim_keys], (*own, *money_arguments))
 
         raw_reply = await attempt("")
         if raw_reply[0] == LOOKUP_HISTORY:

@@ -9,6 +9,7 @@ from importlib.resources import files
 import pytest
 
 from gateway.script_arguments import (
+    BET_OWNER_ARGUMENT,
     MONEY_SCRIPT_LAYOUTS,
     Layout,
     money_common_arguments,
@@ -104,3 +105,10 @@ LAYOUTS = sorted(
 def test_each_layout_returns_its_parameters_in_order(layout):
     names = layout_names(layout)
     assert layout(**{name: name for name in names}) == names
+
+
+@pytest.mark.parametrize("script", ["credit", "rollback"])
+def test_the_bet_owner_is_where_the_one_script_call_puts_it(script: str) -> None:
+    """lua/claim_and_decide.lua writes the claimed bet's owner at BET_OWNER_ARGUMENT of the
+    money ARGV; the settling scripts' declared layout (held to their Lua above) reads it there."""
+    assert (BET_OWNER_ARGUMENT, "bet_owner") in declared_layout("ARGV", script)
