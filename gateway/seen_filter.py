@@ -10,8 +10,9 @@ within retention.
 
 FILTER_HASHES bits per id at Kirsch-Mitzenmacher offsets h1 + i*h2 of one blake2b digest. With
 m bits per shard and n ids in it, false positives run at (1 - e^(-4n/m))^4: 1.2% at m/n = 10,
-0.1% at m/n = 20 (seven bits would give 0.8% at 10, for nearly twice the Redis work per call:
-one BITFIELD of four bits costs a script about 8 us, `python -m loadtests.seen_filter_cost`). A
+0.1% at m/n = 20 (seven bits would give 0.8% at 10, for nearly twice the filter's Redis work
+per call: its BITFIELD of four bits takes about 1.2 us of a claim's 13.5 us, `python -m
+loadtests.seen_filter_cost`). A
 false positive costs one PostgreSQL lookup, never a wrong answer, so a filter that fills up
 gets slower, not wrong.
 """
