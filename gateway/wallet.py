@@ -227,14 +227,16 @@ class Wallet:
             claim_keys.append(session_index)
         bits = self.settings.idempotency_filter_bits
         script = self.scripts.claimed_and_decided[script_name]
+        tx_offsets = filter_offsets(tx_id, bits)
+        bet_offsets = filter_offsets(bet_tx_id, bits) if bet_tx_id else ""
 
         async def attempt(history_checked: str) -> list[Any]:
             own = claim_and_decide_arguments(
                 money_keys_count=len(keys),
                 tx_owner_id=owner_id,
-                tx_offsets=filter_offsets(tx_id, bits),
+                tx_offsets=tx_offsets,
                 bet_claimant=user_id if bet_tx_id else "",
-                bet_offsets=filter_offsets(bet_tx_id, bits) if bet_tx_id else "",
+                bet_offsets=bet_offsets,
                 retention_ms=self._retention_ms,
                 history_checked=history_checked,
                 reads_round="1" if round_closed_key else "",

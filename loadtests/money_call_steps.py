@@ -28,6 +28,7 @@ from gateway.app import Services
 from gateway.embedded import EmbeddedRedis
 from gateway.schemas import BetRequest
 from gateway.settings import Settings
+from provider.client import bet_body
 
 PLAYERS = 64
 BALANCE_MILLIS = 10**14
@@ -41,16 +42,15 @@ async def redis_cpu_seconds(services: Services) -> float:
 
 def new_bet(user_id: str, session_token: str, number: int) -> bytes:
     return orjson.dumps(
-        {
-            "user_id": user_id,
-            "session_token": session_token,
-            "amount": 1,
-            "currency": "USD",
-            "provider_tx_id": f"steps-{number}",
-            "round_id": f"round-{number}",
-            "game": "bench",
-            "action": "BET",
-        }
+        bet_body(
+            user_id=user_id,
+            session_token=session_token,
+            amount_millis=1,
+            currency="USD",
+            provider_tx_id=f"steps-{number}",
+            round_id=f"round-{number}",
+            game="bench",
+        )
     )
 
 
