@@ -141,6 +141,14 @@ async def unpause(pauser: Redis) -> None:
     await pauser.aclose()
 
 
+async def count_rows(database_url: str, table: str) -> int:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchval(f"SELECT count(*) FROM {table}")
+    finally:
+        await connection.close()
+
+
 @contextlib.asynccontextmanager
 async def empty_database(postgres_server: EmbeddedPostgres) -> AsyncIterator[str]:
     """A database of its own on the session's server, dropped after: its URL."""

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,16 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def bench_report(out: Path, *args: str, timeout: float) -> dict[str, Any]:
+    """`wallet-gateway bench ARGS --out OUT` run to its end: the report.json it wrote (its
+    report.md and report.png beside it)."""
+    completed = subprocess.run(
+        cli("bench", *args, "--out", str(out)), capture_output=True, text=True, timeout=timeout
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return orjson.loads((out / "report.json").read_bytes())
 
 
 class RunningUp:
@@ -89,6 +100,16 @@ class RunningUp:
             self.process.kill()
             self.process.wait()
             raise
+
+
+def served(up: RunningUp) -> Iterator[RunningUp]:
+    """A module fixture's body for `up`: `yield from served(RunningUp(...))`; it must have
+    stopped cleanly once the module is done."""
+    try:
+        up.wait_until_up()
+        yield up
+    finally:
+        assert up.stop() == 0
 
 
 def refusal(args: list[str], env: dict[str, str]) -> tuple[int, str]:

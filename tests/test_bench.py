@@ -2,13 +2,11 @@
 check passes (issue: a short smoke run of the bench is in the test suite). With wrk on the PATH
 (.ci/run installs it) the headline is wrk's; without it the report says so."""
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from instances import bench_report
 
 from loadtests.bench import parse_wrk_summary, wrk_failures, wrk_missing, wrk_stats
 
@@ -18,18 +16,12 @@ CPU_ROWS = ("server", "Redis", "writer", "PostgreSQL", "load tool")
 @pytest.mark.slow
 def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "gateway.cli", "bench", "--duration-seconds", "3",
-            "--users", "2", "--latency-users", "2", "--connections", "4", "--rounds", "2",
-            "--workers", "1,2", "--out", str(out),
-        ],
-        capture_output=True,
-        text=True,
+    report = bench_report(
+        out,
+        *("--duration-seconds", "3", "--users", "2", "--latency-users", "2"),
+        *("--connections", "4", "--rounds", "2", "--workers", "1,2"),
         timeout=400,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    )
     assert report["money_check_passed"] is True
     assert report["reconcile_agrees"] is True
     assert report["balances_redis_total"] == report["balances_history_total"] > 0
@@ -76,9 +68,7 @@ def test_bench_smoke_run_writes_a_report_whose_money_check_passes(tmp_path: Path
         assert all(seconds >= 0 for seconds in cpu[column].values()), cpu[column]
         assert cpu[column]["server"] > 0 and cpu[column]["Redis"] > 0, cpu[column]
     assert cpu["ceiling"]["server"] > 0
-    assert (
-        "server" not in cpu["redis-new-bets"] and cpu["redis-new-bets"]["Redis"] > 0
-    )
+    assert "server" not in cpu["redis-new-bets"] and cpu["redis-new-bets"]["Redis"] > 0
     for label in (
         "| server: the gateway",
         "| Redis |",

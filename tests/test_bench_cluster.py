@@ -2,12 +2,10 @@
 cluster): the shortest run completes, the money check passes, the CPU table adds up every
 node, and the report says what Redis holds per new bet and per idempotency record."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from instances import bench_report
 
 MASTERS = 3
 SHARDS = 16  # Settings' default
@@ -19,18 +17,12 @@ def test_a_shortest_bench_on_a_three_master_cluster_checks_the_money_and_measure
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "report"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "gateway.cli", "bench", "--redis-cluster", str(MASTERS),
-            "--duration-seconds", "1", "--rounds", "1", "--workers", "1", "--users", "2",
-            "--latency-users", "2", "--connections", "4", "--out", str(out),
-        ],
-        capture_output=True,
-        text=True,
+    report = bench_report(
+        out,
+        *("--redis-cluster", str(MASTERS), "--duration-seconds", "1", "--rounds", "1"),
+        *("--workers", "1", "--users", "2", "--latency-users", "2", "--connections", "4"),
         timeout=180,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    )
     assert report["money_check_passed"] is True
     assert report["redis_cluster_masters"] == MASTERS
     phases = {phase["name"]: phase for phase in report["phases"]}

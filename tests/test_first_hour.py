@@ -17,6 +17,7 @@ from instances import (
     another_shell,
     answer_printed,
     run_in_another_shell,
+    served,
 )
 
 from gateway.embedded import free_port
@@ -37,15 +38,12 @@ def launch_port() -> int:
 def running_up(tmp_path_factory: pytest.TempPathFactory, launch_port: int) -> Iterator[RunningUp]:
     # Only the launch API's address is given, so that the simulator can listen on a port free
     # here; PROVIDER_PUBLIC_KEY is left to `up`, which must default it to the stack's key.
-    up = RunningUp(
-        tmp_path_factory.mktemp("first-hour") / "data",
-        PROVIDER_BASE_URL=f"http://127.0.0.1:{launch_port}",
+    yield from served(
+        RunningUp(
+            tmp_path_factory.mktemp("first-hour") / "data",
+            PROVIDER_BASE_URL=f"http://127.0.0.1:{launch_port}",
+        )
     )
-    try:
-        up.wait_until_up()
-        yield up
-    finally:
-        assert up.stop() == 0
 
 
 def callbacks_served(up: RunningUp) -> int:

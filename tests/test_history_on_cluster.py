@@ -13,9 +13,8 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
-from helpers import running
+from helpers import count_rows, running
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
@@ -111,14 +110,6 @@ async def _put_money_calls(redis: AnyRedis, keys: KeySpace, user_ids: list[str])
         await pipe.execute()
 
 
-async def _history_count(database_url: str, table: str) -> int:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetchval(f"SELECT count(*) FROM {table}")
-    finally:
-        await connection.close()
-
-
 async def test_a_drain_writes_every_event_of_every_node_once(
     redis: AnyRedis, cluster_settings: Settings
 ) -> None:
@@ -167,12 +158,12 @@ async def test_the_running_writer_follows_new_events_and_outlasts_a_dead_master(
         finally:
             stop.set()
             await running_writer  # it stopped when told: it did not raise
-    assert await _history_count(database_url, "players") == len(players)
+    assert await count_rows(database_url, "players") == len(players)
 
 
 async def _wait_for_rows(database_url: str, table: str, rows: int) -> None:
     deadline = time.monotonic() + DRAIN_SECONDS_MAX
-    while (count := await _history_count(database_url, table)) < rows:
+    while (count := await count_rows(database_url, table)) < rows:
         assert time.monotonic() < deadline, f"{count} of {rows} rows in {table}"
         await asyncio.sleep(POLL_SECONDS)
     assert count == rows

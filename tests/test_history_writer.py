@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from helpers import read_as_consumer
+from helpers import count_rows, read_as_consumer
 from payloads import bet, rollback, win
 from redis.asyncio import Redis
 
@@ -34,14 +34,6 @@ ANSWERS_DURING_OUTAGE = 50
 POLL_SECONDS = 0.01
 
 Drain = Callable[[], Awaitable[None]]
-
-
-async def count_rows(database_url: str, table: str) -> int:
-    connection = await asyncpg.connect(database_url)
-    try:
-        return await connection.fetchval(f"SELECT count(*) FROM {table}")
-    finally:
-        await connection.close()
 
 
 async def wait_for_rows(database_url: str, more_than: int) -> int:

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import ADMIN_TOKEN, PUBLIC_KEY, SECRET
-from instances import RunningUp, cli, cli_env, refusal, shared_bind_error
+from instances import RunningUp, cli, cli_env, refusal, served, shared_bind_error
 
 from gateway.embedded import EmbeddedRedis, free_port
 
 
 @pytest.fixture(scope="module")
 def running_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUp]:
-    up = RunningUp(tmp_path_factory.mktemp("running") / "data")
-    try:
-        up.wait_until_up()
-        yield up
-    finally:
-        assert up.stop() == 0
+    yield from served(RunningUp(tmp_path_factory.mktemp("running") / "data"))
 
 
 def redis_servers_on(data_dir: Path) -> list[int]:

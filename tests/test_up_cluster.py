@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from instances import RunningUp, answer_printed, run_in_another_shell
+from instances import RunningUp, answer_printed, run_in_another_shell, served
 from redis.crc import key_slot
 
 from gateway.keys import KeySpace
@@ -21,12 +21,9 @@ MASTERS = 3
 
 @pytest.fixture(scope="module")
 def cluster_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUp]:
-    up = RunningUp(tmp_path_factory.mktemp("up-cluster") / "data", REDIS_CLUSTER_MASTERS="3")
-    try:
-        up.wait_until_up()
-        yield up
-    finally:
-        assert up.stop() == 0
+    yield from served(
+        RunningUp(tmp_path_factory.mktemp("up-cluster") / "data", REDIS_CLUSTER_MASTERS="3")
+    )
 
 
 def test_up_records_a_cluster_url_of_its_masters(cluster_up: RunningUp) -> None:
