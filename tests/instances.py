@@ -2,6 +2,7 @@
 (imported as `from instances import ...`, like payloads.py)."""
 
 import os
+import re
 import selectors
 import signal
 import socket
@@ -166,3 +167,14 @@ def answer_printed(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
     """The JSON `call` or `admin` printed after the status line `< NNN`."""
     _, _, printed = ("\n" + done.stdout).partition("\n< ")
     return orjson.loads(printed.partition("\n")[2])
+
+
+def assert_kit_and_reconcile_agree(up: RunningUp) -> None:
+    """The conformance kit's replay rules pass against `up`, and reconcile finds Redis and the
+    history agreeing: both run from another shell, finding the stack on their own."""
+    kit = run_in_another_shell(up, "conformance", "--rule", "*replay*")
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
+    reconciled = run_in_another_shell(up, "reconcile")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert "Reconciliation: AGREES" in reconciled.stdout

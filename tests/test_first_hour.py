@@ -16,6 +16,7 @@ from instances import (
     RunningUp,
     another_shell,
     answer_printed,
+    assert_kit_and_reconcile_agree,
     run_in_another_shell,
     served,
 )
@@ -149,13 +150,7 @@ def test_the_simulator_plays_against_the_default_stack(
 
 
 def test_the_conformance_kit_and_reconcile_find_the_stack(running_up: RunningUp) -> None:
-    kit = run_in_another_shell(running_up, "conformance", "--rule", "*replay*")
-    assert kit.returncode == 0, kit.stdout + kit.stderr
-    assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
-
-    reconciled = run_in_another_shell(running_up, "reconcile")
-    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
-    assert "Reconciliation: AGREES" in reconciled.stdout
+    assert_kit_and_reconcile_agree(running_up)
 
 
 def test_a_restarted_up_keeps_its_ports_and_a_stopped_one_is_named(

@@ -1,13 +1,18 @@
 """`wallet-gateway up --redis-cluster 3`: the whole stack on an embedded Redis Cluster of three
 masters and three replicas, found by the other commands as the single-Redis stack is."""
 
-import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from instances import RunningUp, answer_printed, run_in_another_shell, served
+from instances import (
+    RunningUp,
+    answer_printed,
+    assert_kit_and_reconcile_agree,
+    run_in_another_shell,
+    served,
+)
 from redis.crc import key_slot
 
 from gateway.keys import KeySpace
@@ -67,9 +72,4 @@ def test_money_moves_once_on_players_of_every_master_and_reconcile_agrees(
         )
         assert answer_printed(win)["data"]["new_balance"] == 11_500, win.stdout  # type: ignore[index]
 
-    kit = run_in_another_shell(cluster_up, "conformance", "--rule", "*replay*")
-    assert kit.returncode == 0, kit.stdout + kit.stderr
-    assert re.search(r"\b[1-9]\d* passed, 0 failed", kit.stdout), kit.stdout
-    reconciled = run_in_another_shell(cluster_up, "reconcile")
-    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
-    assert "Reconciliation: AGREES" in reconciled.stdout
+    assert_kit_and_reconcile_agree(cluster_up)
