@@ -284,7 +284,7 @@ async def _send_and_read(
     await connection.send_packed_command(packed, check_health=False)
     replies: list[Any] = []
     # One timer for the whole batch (the connection's socket_timeout): redis-py's own timer on
-    # every reply cost the gateway ~10 us each, and a bet has four (measured in-process).
+    # every reply cost the gateway ~10 us each (measured in-process).
     try:
         async with asyncio.timeout(connection.socket_timeout):
             for _ in commands:

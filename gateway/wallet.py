@@ -6,9 +6,9 @@ into `WalletReply` values. It knows no HTTP.
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -42,6 +42,7 @@ REDIS_LOADING_POLL_SECONDS = 0.2
 OPERATOR_TX_ID_PREFIX_BYTES = 6
 SESSION_RECORD_GRACE_MS = 24 * 3600 * 1000
 LOOKUP_HISTORY = "LOOKUP_HISTORY"
+Attempted = TypeVar("Attempted")
 
 
 class History(Protocol):
@@ -216,11 +217,9 @@ class Wallet:
         """One Redis: both steps in one script (lua/claim_and_decide.lua), the same decisions
         in one round trip. A claim that asks (LOOKUP_HISTORY) has the history's records of these
         ids brought back, and the script runs once more."""
-        space = self.keys
-        claim_keys = [space.tx_owner(space.shard(tx_id), tx_id), self._seen_filter_of(tx_id)]
+        claim_keys = self._claim_keys(tx_id)
         if bet_tx_id:
-            bet_shard = space.shard(bet_tx_id)
-            claim_keys += [space.tx_owner(bet_shard, bet_tx_id), self._seen_filter_of(bet_tx_id)]
+            claim_keys += self._claim_keys(bet_tx_id)
         if round_closed_key:
             claim_keys.append(round_closed_key)
         if session_index:
@@ -247,13 +246,9 @@ class Wallet:
             money_arguments = arguments("", "")
             return await self.run_script(script, [*keys, *claim_keys], (*own, *money_arguments))
 
-        raw_reply = await attempt("")
-        if raw_reply[0] == LOOKUP_HISTORY:
-            await self._bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-            raw_reply = await attempt("1")
-            if raw_reply[0] == LOOKUP_HISTORY:
-                raise AssertionError("a claim asked for the history twice")
-        return raw_reply
+        return await self._with_history_checked(
+            attempt, lambda reply: reply[0] == LOOKUP_HISTORY, tx_id, bet_tx_id
+        )
 
     async def _claim(
         self,
@@ -281,28 +276,45 @@ class Wallet:
             claimed = replies[: 2 if bet_tx_id else 1]
             return claimed, replies[len(claimed)] if round_closed_key else None
 
-        claimed, closed_by = await claims("")
-        if any(status == LOOKUP_HISTORY for status, _ in claimed):
-            await self._bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
-            claimed, closed_by = await claims("1")
-            if any(status == LOOKUP_HISTORY for status, _ in claimed):
-                raise AssertionError("a claim asked for the history twice")
+        claimed, closed_by = await self._with_history_checked(
+            claims,
+            lambda replies: any(status == LOOKUP_HISTORY for status, _ in replies[0]),
+            tx_id,
+            bet_tx_id,
+        )
         bet_owner = claimed[1][1] if bet_tx_id else ""
         return claimed[0][1], bet_owner, closed_by
 
-    async def _bring_back(self, tx_ids: list[str]) -> None:
+    async def _with_history_checked(
+        self,
+        attempt: Callable[[str], Awaitable[Attempted]],
+        asks_history: Callable[[Attempted], bool],
+        tx_id: str,
+        bet_tx_id: str | None,
+    ) -> Attempted:
+        """`attempt(history_checked)`; when a claim asks (LOOKUP_HISTORY), the history's
+        records of the ids are brought back and it is attempted once more, saying so."""
+        attempted = await attempt("")
+        if not asks_history(attempted):
+            return attempted
         if self.history is None:
             raise WalletUnavailable("a record left Redis and there is no history")
-        await self.history.bring_back(tx_ids)
+        await self.history.bring_back([tx_id, bet_tx_id] if bet_tx_id else [tx_id])
+        attempted = await attempt("1")
+        if asks_history(attempted):
+            raise AssertionError("a claim asked for the history twice")
+        return attempted
 
-    def _seen_filter_of(self, tx_id: str) -> str:
-        return self.keys.seen_filter(self.keys.shard(tx_id))
+    def _claim_keys(self, tx_id: str) -> list[str]:
+        """lua/claim.lua's KEYS for an id: its owner and its shard's seen filter."""
+        keys = self.keys
+        shard = keys.shard(tx_id)
+        return [keys.tx_owner(shard, tx_id), keys.seen_filter(shard)]
 
     def _claim_call(self, tx_id: str, owner_id: str, history_checked: str) -> Any:
-        keys = self.keys
         return self._script_calls.call(
             self.scripts.claim,
-            [keys.tx_owner(keys.shard(tx_id), tx_id), self._seen_filter_of(tx_id)],
+            self._claim_keys(tx_id),
             (
                 owner_id,
                 filter_offsets(tx_id, self.settings.idempotency_filter_bits),
